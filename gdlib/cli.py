@@ -1,0 +1,46 @@
+"""The `gdlib` command line: one subcommand per job, each defined next to the code it runs.
+
+A subcommand is registered in COMMANDS as name -> "module:function". The module exposes
+`add_<function>_args(parser)`-free style: the function named here receives the parsed argv list
+(everything after the subcommand) and returns an exit code. Modules are imported lazily so that
+`gdlib --help` stays fast and a broken subcommand cannot break the others.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> ("module:function", one-line help). Add a line here for a new subcommand.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": ("gdlib.doctor:main", "check the Jittor runtime (backend, oneDNN) with a tiny conv"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    rows = "\n".join(f"  {n:<{width}}  {h}" for n, (_, h) in sorted(COMMANDS.items()))
+    return f"usage: gdlib <command> [options]\n\ncommands:\n{rows}\n\n`gdlib <command> --help` for a command's options."
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `gdlib` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"gdlib: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    target, _ = COMMANDS[name]
+    module, func = target.split(":")
+    fn = getattr(importlib.import_module(module), func)
+    try:
+        return int(fn(rest) or 0)
+    except KeyboardInterrupt:
+        print("\ngdlib: interrupted (checkpoints written so far are kept; rerun to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""Fused custom ops for the UNet's hot paths, each beside its plain-Jittor reference.
+
+One switch chooses the path: `use_kernels(True)` (default) runs the fused kernels where they exist,
+`use_kernels(False)` the references; `with kernels_enabled(False): ...` scopes it. Tests check
+the two paths agree; bench/ measures what the kernels buy.
+"""
+from .switch import kernels_on, kernels_enabled, use_kernels
+from .groupnorm import group_norm, group_norm_reference
+from .attention import attention, attention_reference
+
+__all__ = ["kernels_on", "kernels_enabled", "use_kernels", "group_norm", "group_norm_reference",
+           "attention", "attention_reference"]

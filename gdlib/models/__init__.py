@@ -1,0 +1,4 @@
+"""Models: the toy text-to-image UNet, its text encoder, and the ToyWorld evaluators.
+
+Submodules are imported on first use so that one model's import cost (and compile) is not paid by others.
+"""

@@ -1,0 +1,70 @@
+"""Figures for the notebooks: image grids, curves, trajectories. Each returns the matplotlib Figure."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def to_uint8(images) -> np.ndarray:
+    """[N, 3, H, W] (or [3, H, W]) float in [-1, 1] (numpy or jt.Var) -> [N, H, W, 3] uint8."""
+    a = images.numpy() if hasattr(images, "numpy") and not isinstance(images, np.ndarray) else np.asarray(images)
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4 or a.shape[1] not in (1, 3):
+        raise ValueError(f"to_uint8: expected [N, 3, H, W] images, got shape {a.shape}")
+    a = np.clip((a.astype(np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    a = a.transpose(0, 2, 3, 1)
+    return np.repeat(a, 3, axis=3) if a.shape[3] == 1 else a
+
+
+def image_grid(images, nrow: int | None = None, titles: Sequence[str] | None = None,
+               row_labels: Sequence[str] | None = None, scale: float = 1.0, suptitle: str | None = None):
+    """Show images ([N, 3, H, W] in [-1, 1], or [N, H, W, 3] uint8) in a grid with optional titles."""
+    import matplotlib.pyplot as plt
+
+    arr = np.asarray(images) if not hasattr(images, "numpy") else images.numpy()
+    if arr.dtype != np.uint8:
+        arr = to_uint8(arr)
+    n = arr.shape[0]
+    ncol = nrow if nrow else min(n, 8)
+    rows = (n + ncol - 1) // ncol
+    fig, axes = plt.subplots(rows, ncol, figsize=(1.3 * ncol * scale, 1.4 * rows * scale), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(arr[i], interpolation="nearest")
+            if titles is not None and i < len(titles):
+                ax.set_title(titles[i], fontsize=7)
+    if row_labels is not None:
+        for r, lab in enumerate(row_labels[:rows]):
+            axes[r, 0].axis("on")
+            axes[r, 0].set_xticks([]); axes[r, 0].set_yticks([])
+            for s in axes[r, 0].spines.values():
+                s.set_visible(False)
+            axes[r, 0].set_ylabel(lab, fontsize=7, rotation=0, ha="right", va="center")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def curves(xs: dict[str, Sequence[float]], ys: dict[str, Sequence[float]], xlabel: str, ylabel: str,
+           title: str | None = None, logx: bool = False, logy: bool = False, markers: bool = True):
+    """Line plot of several named series (xs[name] against ys[name])."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name in ys:
+        ax.plot(xs[name], ys[name], marker="o" if markers else None, ms=3, label=name)
+    ax.set_xlabel(xlabel); ax.set_ylabel(ylabel)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,180 @@
+"""Jittor bootstrap: pick CPU or CUDA, wire oneDNN, never download, keep the logs quiet.
+
+This module must run before the first ``import jittor``; ``import gdlib`` does it for you.
+Environment knobs:
+  GDLIB_DEVICE=cpu|cuda   force the backend (default: CUDA only when a working runtime is found)
+  GDLIB_VERBOSE=1         let Jittor print its own log lines
+  GDLIB_NO_ONEDNN=1       skip oneDNN wiring (slow convolutions; for benchmarks)
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import platform
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+_STATE: dict[str, Any] = {"configured": False, "onednn": False, "onednn_source": None,
+                          "device": None, "device_reason": "", "warnings": []}
+
+_ONEDNN_HINT = ("pip install onednn-cpu-gomp==2022.2.1 onednn-devel-cpu-gomp==2022.2.1 "
+                "(or apt-get install libdnnl-dev)")
+
+
+def _jittor_mkl_dirname() -> str:
+    """The folder name Jittor looks for under ~/.cache/jittor/mkl (see jittor/compile_extern.py)."""
+    suffix = "_aarch64" if platform.machine() == "aarch64" else ""
+    return f"dnnl_lnx_2.2.0_cpu_gomp{suffix}"
+
+
+def _jittor_home() -> Path:
+    """Where Jittor keeps its caches: $JITTOR_HOME or the user's home."""
+    return Path(os.environ.get("JITTOR_HOME", str(Path.home())))
+
+
+def _find_onednn() -> tuple[Path, Path] | None:
+    """Locate a oneDNN 2.x shared library and its headers; return (libdnnl.so.2, include dir)."""
+    candidates = [
+        (Path(sys.prefix) / "lib", Path(sys.prefix) / "include"),  # pip wheels onednn-*-gomp
+        (Path(sys.base_prefix) / "lib", Path(sys.base_prefix) / "include"),
+    ]
+    for libdir in glob.glob("/usr/lib/*-linux-gnu") + ["/usr/lib", "/usr/local/lib"]:
+        candidates.append((Path(libdir), Path("/usr/include")))  # Debian libdnnl-dev
+    if os.environ.get("CONDA_PREFIX"):
+        p = Path(os.environ["CONDA_PREFIX"])
+        candidates.insert(0, (p / "lib", p / "include"))
+    for libdir, incdir in candidates:
+        lib = libdir / "libdnnl.so.2"
+        if lib.exists() and (incdir / "dnnl.hpp").exists() and _onednn_major(incdir) == 2:
+            return lib, incdir
+    return None
+
+
+def _onednn_major(incdir: Path) -> int:
+    """Read DNNL_VERSION_MAJOR from dnnl_version.h (Jittor's ops need the 2.x API)."""
+    hdr = incdir / "oneapi" / "dnnl" / "dnnl_version.h"
+    if not hdr.exists():
+        hdr = incdir / "dnnl_version.h"
+    try:
+        for line in hdr.read_text().splitlines():
+            if line.startswith("#define DNNL_VERSION_MAJOR"):
+                return int(line.split()[-1])
+    except (OSError, ValueError):
+        pass
+    return -1
+
+
+def _wire_onednn() -> tuple[bool, str]:
+    """Make Jittor find oneDNN without downloading it; return (ok, where-or-why)."""
+    if os.environ.get("GDLIB_NO_ONEDNN") == "1":
+        os.environ["use_mkl"] = "0"
+        return False, "disabled by GDLIB_NO_ONEDNN=1"
+    mkl_root = _jittor_home() / ".cache" / "jittor" / "mkl" / _jittor_mkl_dirname()
+    if (mkl_root / "lib" / "libmkldnn.so").exists() and not (mkl_root / "lib" / "libmkldnn.so").is_symlink():
+        os.environ["use_mkl"] = "1"  # a genuine copy Jittor downloaded itself earlier
+        return True, str(mkl_root)
+    found = _find_onednn()
+    if found is None:
+        os.environ["use_mkl"] = "0"  # otherwise Jittor would try to download it
+        return False, "no oneDNN 2.x found"
+    lib, incdir = found
+    try:
+        (mkl_root / "lib").mkdir(parents=True, exist_ok=True)
+        (mkl_root / "include").mkdir(parents=True, exist_ok=True)
+        _symlink(lib, mkl_root / "lib" / "libmkldnn.so")
+        for h in list(incdir.glob("dnnl*.h")) + list(incdir.glob("dnnl*.hpp")) + [incdir / "oneapi"]:
+            if h.exists():
+                _symlink(h, mkl_root / "include" / h.name)
+        # The loader does not search sys.prefix/lib: load the library globally before Jittor's ops do.
+        ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    except OSError as e:
+        os.environ["use_mkl"] = "0"
+        return False, f"could not wire {lib}: {e}"
+    os.environ["use_mkl"] = "1"
+    return True, str(lib)
+
+
+def _symlink(target: Path, link: Path) -> None:
+    """Point link at target, replacing a stale link atomically."""
+    if link.is_symlink() and os.readlink(link) == str(target):
+        return
+    tmp = link.with_name(link.name + f".tmp{os.getpid()}")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def _cuda_usable() -> tuple[bool, str]:
+    """True when nvcc, the CUDA runtime library and a GPU driver are all present."""
+    nvcc = os.environ.get("nvcc_path") or shutil.which("nvcc") or (
+        "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+    if not nvcc:
+        return False, "no nvcc"
+    cuda_home = Path(nvcc).resolve().parent.parent
+    rt = glob.glob(str(cuda_home / "lib64" / "libcudart.so*")) + glob.glob(str(cuda_home / "lib" / "libcudart.so*"))
+    if not rt:
+        return False, f"nvcc at {nvcc} but no libcudart.so beside it"
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False, "no CUDA driver (libcuda.so.1)"
+    return True, f"nvcc at {nvcc}"
+
+
+def configure() -> None:
+    """Set Jittor's environment before its first import. Idempotent."""
+    if _STATE["configured"]:
+        return
+    _STATE["configured"] = True
+    if "jittor" in sys.modules:
+        _STATE["warnings"].append("jittor was imported before gdlib; runtime settings may not apply")
+    if os.environ.get("GDLIB_VERBOSE") != "1":
+        os.environ.setdefault("log_silent", "1")
+    want = os.environ.get("GDLIB_DEVICE", "").strip().lower()
+    if want not in ("", "auto", "cpu", "cuda"):
+        raise ValueError(f"GDLIB_DEVICE={want!r}: use 'cpu', 'cuda' or leave it unset")
+    ok, why = _cuda_usable()
+    if want == "cuda" and not ok:
+        raise RuntimeError(f"GDLIB_DEVICE=cuda but CUDA is not usable here ({why}). "
+                           "Unset GDLIB_DEVICE to run on the CPU.")
+    use_cuda = ok and want != "cpu"
+    if not use_cuda:
+        os.environ["nvcc_path"] = ""  # Jittor would otherwise die on a missing libcudart.so
+    _STATE["device"] = "cuda" if use_cuda else "cpu"
+    _STATE["device_reason"] = why if want in ("", "auto") else f"GDLIB_DEVICE={want}"
+    onednn, where = _wire_onednn()
+    _STATE["onednn"], _STATE["onednn_source"] = onednn, where
+    if not onednn and not use_cuda and os.environ.get("GDLIB_NO_ONEDNN") != "1":
+        warnings.warn(
+            f"gdlib: oneDNN is not wired into Jittor ({where}). CPU convolutions will run about "
+            f"160x slower than they should. Fix: {_ONEDNN_HINT}, then restart Python.",
+            RuntimeWarning, stacklevel=3)
+
+
+def setup_jittor():
+    """Import Jittor with gdlib's settings and return the module."""
+    configure()
+    import jittor as jt
+    jt.flags.use_cuda = 1 if _STATE["device"] == "cuda" else 0
+    return jt
+
+
+def info() -> dict[str, Any]:
+    """Backend, oneDNN status, Jittor version and compile-cache path."""
+    jt = setup_jittor()
+    from jittor import compile_extern, compiler
+    return {
+        "backend": "cuda" if jt.flags.use_cuda else "cpu",
+        "device_reason": _STATE["device_reason"],
+        "onednn": getattr(compile_extern, "mkl_ops", None) is not None,
+        "onednn_source": _STATE["onednn_source"],
+        "jittor_version": jt.__version__,
+        "cache_path": compiler.cache_path,
+        "python": platform.python_version(),
+        "warnings": list(_STATE["warnings"]),
+    }

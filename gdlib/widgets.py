@@ -1,0 +1,54 @@
+"""ipywidgets explorers. Each factory wraps a pure function so tests can call the function directly
+and also drive the widget headlessly by setting `.value` on its controls.
+
+Convention: a factory returns an `Explorer` with `.controls` (name -> widget), `.output` (an Output
+widget), `.result` (the last value the pure function returned) and `.error` (the last exception, since
+ipywidgets would otherwise swallow it), and `.widget` to display.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class Explorer:
+    """A pure function wired to controls; re-runs on every change and keeps result and error."""
+    fn: Callable[..., Any]
+    controls: dict[str, Any]
+    render: Callable[[Any], None] | None = None
+    result: Any = None
+    error: BaseException | None = None
+    output: Any = field(default=None)
+    widget: Any = field(default=None)
+
+    def __post_init__(self) -> None:
+        import ipywidgets as W
+
+        self.output = W.Output()
+        for c in self.controls.values():
+            c.observe(lambda _change: self.update(), names="value")
+        self.widget = W.VBox([W.HBox(list(self.controls.values()), layout=W.Layout(flex_flow="row wrap")),
+                              self.output])
+
+    def values(self) -> dict[str, Any]:
+        """Current control values by name."""
+        return {k: c.value for k, c in self.controls.items()}
+
+    def update(self) -> Any:
+        """Call the function with the current values and render the result."""
+        import matplotlib.pyplot as plt
+
+        self.error = None
+        with self.output:
+            self.output.clear_output(wait=True)
+            try:
+                self.result = self.fn(**self.values())
+                if self.render is not None:
+                    self.render(self.result)
+                elif hasattr(self.result, "savefig"):
+                    plt.show()
+            except Exception as e:  # keep it: interact would swallow it
+                self.error = e
+                print(f"{type(e).__name__}: {e}")
+        return self.result
