@@ -1,0 +1,28 @@
+"""Timing helpers for notebooks and benches (never for test thresholds)."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+
+def _sync(out: Any) -> None:
+    """Force a lazily evaluated Jittor result (or a tuple/list of them) to compute."""
+    if isinstance(out, (list, tuple)):
+        for o in out:
+            _sync(o)
+    elif hasattr(out, "sync"):
+        out.sync()
+
+
+def cold_warm(fn: Callable[[], Any], repeats: int = 5) -> dict[str, float]:
+    """Time the first call (Jittor compiles or loads its kernels) and the median of later calls, in seconds."""
+    t0 = time.perf_counter()
+    _sync(fn())
+    cold = time.perf_counter() - t0
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _sync(fn())
+        ts.append(time.perf_counter() - t0)
+    return {"cold": cold, "warm": statistics.median(ts)}

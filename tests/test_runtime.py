@@ -1,0 +1,102 @@
+"""The Jittor bootstrap: device choice, oneDNN wiring, clear errors, the doctor command."""
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+import gdlib
+from gdlib import runtime
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    e.update(env)
+    return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=600)
+
+
+def test_info_reports_backend_and_versions():
+    rep = runtime.info()
+    assert rep["backend"] in ("cpu", "cuda")
+    assert rep["jittor_version"].startswith("1.")
+    assert os.path.isdir(rep["cache_path"])
+    assert isinstance(rep["onednn"], bool)
+
+
+def test_onednn_is_on_when_a_library_is_installed():
+    if runtime._find_onednn() is None:
+        pytest.skip("no oneDNN 2.x on this machine (pip install onednn-cpu-gomp onednn-devel-cpu-gomp)")
+    if runtime.info()["backend"] != "cpu":
+        pytest.skip("CUDA backend")
+    assert runtime.info()["onednn"] is True
+
+
+def test_jittor_runs_on_cpu_without_cuda_runtime():
+    ok, why = runtime._cuda_usable()
+    if ok:
+        pytest.skip("this machine has a working CUDA")
+    assert runtime.info()["backend"] == "cpu"
+    assert os.environ.get("nvcc_path") == ""
+
+
+def test_bad_device_value_is_a_clear_error():
+    r = _run("import gdlib", GDLIB_DEVICE="tpu")
+    assert r.returncode != 0
+    assert "GDLIB_DEVICE='tpu'" in r.stderr and "'cpu', 'cuda'" in r.stderr
+
+
+def test_asking_for_cuda_without_cuda_says_why():
+    ok, _ = runtime._cuda_usable()
+    if ok:
+        pytest.skip("this machine has a working CUDA")
+    r = _run("import gdlib", GDLIB_DEVICE="cuda")
+    assert r.returncode != 0
+    assert "CUDA is not usable here" in r.stderr and "Unset GDLIB_DEVICE" in r.stderr
+
+
+def test_missing_onednn_warns_once_with_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setattr(runtime, "_STATE", {"configured": False, "onednn": False, "onednn_source": None,
+                                            "device": None, "device_reason": "", "warnings": []})
+    monkeypatch.setattr(runtime, "_find_onednn", lambda: None)
+    monkeypatch.setattr(runtime, "_cuda_usable", lambda: (False, "test"))
+    monkeypatch.setenv("JITTOR_HOME", str(tmp_path))  # no mkl folder there
+    monkeypatch.setenv("use_mkl", "1")
+    monkeypatch.setenv("nvcc_path", "")
+    monkeypatch.delenv("GDLIB_NO_ONEDNN", raising=False)
+    monkeypatch.delenv("GDLIB_DEVICE", raising=False)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        runtime.configure()
+        runtime.configure()  # idempotent: no second warning
+    msgs = [str(x.message) for x in w if issubclass(x.category, RuntimeWarning)]
+    assert len(msgs) == 1
+    assert "160x slower" in msgs[0] and "onednn-cpu-gomp" in msgs[0]
+    assert os.environ["use_mkl"] == "0"  # so Jittor does not try to download it
+
+
+def test_wiring_creates_the_folder_jittor_looks_for(monkeypatch, tmp_path):
+    found = runtime._find_onednn()
+    if found is None:
+        pytest.skip("no oneDNN 2.x on this machine")
+    monkeypatch.setenv("JITTOR_HOME", str(tmp_path))
+    monkeypatch.setenv("use_mkl", "1")
+    monkeypatch.delenv("GDLIB_NO_ONEDNN", raising=False)
+    ok, where = runtime._wire_onednn()
+    assert ok, where
+    root = tmp_path / ".cache" / "jittor" / "mkl" / runtime._jittor_mkl_dirname()
+    assert (root / "lib" / "libmkldnn.so").resolve() == found[0].resolve()
+    assert (root / "include" / "dnnl.hpp").exists()
+    assert runtime._wire_onednn()[0]  # again: idempotent
+
+
+def test_doctor_command_passes():
+    from gdlib.cli import main
+    assert main(["doctor"]) == 0
+
+
+def test_cli_unknown_command_is_exit_2(capsys):
+    from gdlib.cli import main
+    assert main(["no-such-command"]) == 2
+    assert "unknown command" in capsys.readouterr().err
+    assert main([]) == 0
