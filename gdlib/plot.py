@@ -68,3 +68,23 @@ def curves(xs: dict[str, Sequence[float]], ys: dict[str, Sequence[float]], xlabe
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def bars(values: dict[str, float], ylabel: str, title: str | None = None, logy: bool = False,
+         fmt: str = "{:.3g}"):
+    """Bar chart of named values, each bar labelled with its number."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(values), 3.2))
+    names, vals = list(values), [values[k] for k in values]
+    rects = ax.bar(names, vals, color="#4c72b0")
+    for r, v in zip(rects, vals):
+        ax.annotate(fmt.format(v), (r.get_x() + r.get_width() / 2, r.get_height()), ha="center",
+                    va="bottom", fontsize=8)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
