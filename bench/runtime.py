@@ -80,11 +80,12 @@ def build_jittor(batch: int) -> dict:
     def train_step():
         loss = nn.cross_entropy_loss(net(x), y)
         opt.step(loss)
-        loss.sync()
+        jt.sync_all()  # parameter updates are lazy too: wait for them, not just for the loss
 
     def infer():
         with jt.no_grad():
             net(x).sync()
+        jt.sync_all()
 
     return {"train": train_step, "infer": infer, "onednn": runtime.info()["onednn"]}
 
