@@ -161,4 +161,92 @@ def test_fused_kernels_compiled_here():
     """On this machine the fused ops compile (else every other test here would only test the reference)."""
     x = jt.ones((2, 4, 3))
     kernels.group_norm(x, 2).sync()
-    assert _build.status().get("group_norm/cpu" if not jt.flags.use_cuda else "group_norm/cuda") is True
+    kernels.attention(jt.ones((1, 1, 2, 2)), jt.ones((1, 1, 2, 2)), jt.ones((1, 1, 2, 2))).sync()
+    dev = "cuda" if jt.flags.use_cuda else "cpu"
+    assert _build.status().get(f"group_norm/{dev}") is True
+    assert _build.status().get(f"attention/{dev}") is True
+
+
+# ------------------------------------------------------------------ attention
+import importlib  # noqa: E402
+
+att = importlib.import_module("gdlib.kernels.attention")  # the package re-exports the function `attention`
+
+
+def _att_run(fn, q, k, v, go, scale=None):
+    tq, tk, tv = jt.array(q), jt.array(k), jt.array(v)
+    o = fn(tq, tk, tv, scale)
+    grads = jt.grad((o * jt.array(go)).sum(), [tq, tk, tv])
+    return o.numpy(), [g.numpy() for g in grads]
+
+
+def _att_inputs(rng, B, H, N, M, D, spread=1.0):
+    q = (spread * rng.normal(size=(B, H, N, D))).astype(np.float32)
+    k = (spread * rng.normal(size=(B, H, M, D))).astype(np.float32)
+    v = rng.normal(size=(B, H, M, D)).astype(np.float32)
+    go = rng.normal(size=(B, H, N, D)).astype(np.float32)
+    return q, k, v, go
+
+
+def test_attention_numerical_gradient():
+    """Directional derivatives of the fused op match central finite differences of its own forward."""
+    rng = np.random.default_rng(11)
+    q, k, v, go = _att_inputs(rng, 2, 2, 5, 4, 3)
+    _, grads = _att_run(att.attention_fused, q, k, v, go)
+
+    def loss(qq, kk, vv):
+        o = att.attention_fused(jt.array(qq), jt.array(kk), jt.array(vv)).numpy().astype(np.float64)
+        return float((o * go).sum())
+
+    h = 1e-2
+    for idx, base in enumerate((q, k, v)):
+        for _ in range(3):
+            u = rng.normal(size=base.shape).astype(np.float32)
+            args_p = [q, k, v]
+            args_m = [q, k, v]
+            args_p[idx] = base + h * u
+            args_m[idx] = base - h * u
+            numeric = (loss(*args_p) - loss(*args_m)) / (2 * h)
+            analytic = float((grads[idx].astype(np.float64) * u).sum())
+            assert abs(numeric - analytic) <= 2e-3 * max(1.0, abs(analytic)), (idx, numeric, analytic)
+
+
+@pytest.mark.parametrize("B,H,N,M,D,spread", [
+    (64, 4, 256, 12, 16, 1.0),   # cross-attention at 16 px over 12 text tokens
+    (64, 4, 64, 64, 16, 1.0),    # self-attention at 8 px
+    (64, 4, 64, 12, 16, 3.0),    # peaked softmax
+    (3, 2, 7, 5, 9, 1.0),        # odd sizes
+    (8, 4, 12, 12, 24, 1.0),     # text encoder self-attention
+])
+def test_attention_matches_reference(B, H, N, M, D, spread):
+    """Fused forward and dq, dk, dv equal the plain-Jittor reference on real shapes."""
+    rng = np.random.default_rng(N + M + D)
+    q, k, v, go = _att_inputs(rng, B, H, N, M, D, spread)
+    o_f, g_f = _att_run(att.attention_fused, q, k, v, go)
+    o_r, g_r = _att_run(att.attention_reference, q, k, v, go)
+    assert_close(o_f, o_r, "o")
+    for name, a, b in zip("qkv", g_f, g_r):
+        assert_close(a, b, f"d{name}")
+
+
+def test_attention_custom_scale_and_switch():
+    """An explicit scale is honoured; the switch picks fused or reference bitwise."""
+    rng = np.random.default_rng(5)
+    q, k, v, go = _att_inputs(rng, 2, 3, 6, 4, 8)
+    o_f, _ = _att_run(att.attention_fused, q, k, v, go, scale=0.7)
+    o_r, _ = _att_run(att.attention_reference, q, k, v, go, scale=0.7)
+    assert_close(o_f, o_r, "o(scale=0.7)")
+    o_default, _ = _att_run(att.attention_reference, q, k, v, go)
+    assert rel_err(o_default, o_r) > 1e-3  # the scale really changes the result
+    tq, tk, tv = jt.array(q), jt.array(k), jt.array(v)
+    with kernels.kernels_enabled(False):
+        np.testing.assert_array_equal(kernels.attention(tq, tk, tv, 0.7).numpy(), o_r)
+    np.testing.assert_array_equal(kernels.attention(tq, tk, tv, 0.7).numpy(), o_f)
+
+
+def test_attention_bad_shapes_are_value_errors():
+    q = jt.ones((2, 3, 4, 8))
+    with pytest.raises(ValueError, match=r"\[B, H, N, d\]"):
+        kernels.attention(q.reshape(6, 4, 8), q, q)
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.attention(q, jt.ones((2, 3, 5, 7)), jt.ones((2, 3, 5, 7)))
