@@ -1,0 +1,169 @@
+"""Image files in the challenge layout: {root}/{NN}/images/{object}.png + {root}/{NN}/prompt.json.
+
+Predictions are written as {out}/{NN}/{prompt}.png (the challenge's output layout); the readers also
+accept {out}/{NN}/images/{prompt}.png. Any folder of real images loads through the same code: any size
+and mode becomes RGB, resized (shorter side) and centre-cropped to a square, in the library convention
+float32 [N, 3, H, W] in [-1, 1]. File stems are object words (letters only).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+WORD_RE = re.compile(r"^[A-Za-z]+$")
+MANIFEST = "toyworld.json"
+
+
+@dataclass
+class StyleSet:
+    """One style folder: its id (NN), reference images and their object words, and the prompts to generate."""
+    sid: str
+    images: np.ndarray
+    objects: list[str]
+    prompts: dict[str, str]
+    path: Path
+    meta: dict = field(default_factory=dict)
+
+
+def load_image(path: str | Path, size: int = 32) -> np.ndarray:
+    """Any image file -> float32 [3, size, size] in [-1, 1] (RGB; alpha over white; resize + centre crop)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "P", "PA"):
+                im = im.convert("RGBA")
+                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(bg, im)
+            im = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}. "
+                         "Remove the file or re-save it as PNG/JPEG.") from e
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise ValueError(f"image {path} is empty ({w}x{h})")
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    im = im.resize((nw, nh), Image.LANCZOS if s < 1 else Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    a = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32)
+    return (a.transpose(2, 0, 1) / 127.5 - 1.0).astype(np.float32)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS),
+                  key=lambda p: (p.stem.lower(), p.name))
+
+
+def load_image_folder(folder: str | Path, size: int = 32) -> dict:
+    """A folder of images named {object}.{ext} -> dict(images float32 [N,3,size,size], objects, paths)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist (or is not a folder)")
+    files = _image_files(folder)
+    if not files:
+        others = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))[:5]
+        raise ValueError(f"no images in {folder} (looked for {', '.join(IMAGE_EXTS)}"
+                         + (f"; found only {others}" if others else "; the folder is empty") + ")")
+    bad = [p.name for p in files if not WORD_RE.match(p.stem)]
+    if bad:
+        raise ValueError(f"file names in {folder} must be a single word naming the object (letters only, "
+                         f"e.g. 'cat.png'); rename {bad}")
+    objects = [p.stem.lower() for p in files]
+    dup = sorted({o for o in objects if objects.count(o) > 1})
+    if dup:
+        raise ValueError(f"several files in {folder} name the same object {dup}; keep one image per object")
+    images = np.stack([load_image(p, size) for p in files])
+    return dict(images=images, objects=objects, paths=files)
+
+
+def read_prompts(path: str | Path) -> dict[str, str]:
+    """prompt.json ({id: object word}) -> dict, with clear errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: each style folder needs a prompt.json "
+                                '({"0": "cat", "1": "car", ...}) listing the objects to generate')
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(d, dict) or not all(isinstance(v, str) and WORD_RE.match(v) for v in d.values()):
+        raise ValueError(f"{path} must map ids to single object words, e.g. {{\"0\": \"cat\"}}")
+    return {str(k): v.lower() for k, v in d.items()}
+
+
+def _set_dirs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise FileNotFoundError(f"challenge folder {root} does not exist")
+    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not dirs:
+        raise ValueError(f"{root} holds no style folders; expected {root}/NN/images/*.png + {root}/NN/prompt.json")
+    return dirs
+
+
+def load_challenge(root: str | Path, size: int = 32) -> list[StyleSet]:
+    """Read every {root}/{NN}/images/*.png + prompt.json as a StyleSet (meta from toyworld.json if present)."""
+    root = Path(root)
+    dirs = _set_dirs(root)
+    manifest = json.loads((root / MANIFEST).read_text()).get("sets", {}) if (root / MANIFEST).is_file() else {}
+    sets = []
+    for d in dirs:
+        if not (d / "images").is_dir():
+            raise FileNotFoundError(f"{d}/images not found: the challenge layout is {root}/NN/images/{{object}}.png")
+        f = load_image_folder(d / "images", size)
+        sets.append(StyleSet(d.name, f["images"], f["objects"], read_prompts(d / "prompt.json"), d,
+                             dict(manifest.get(d.name, {}))))
+    return sets
+
+
+def load_predictions(root: str | Path, size: int = 32) -> dict[str, dict]:
+    """Read predictions {root}/{NN}/{word}.png (or {root}/{NN}/images/{word}.png): sid -> load_image_folder dict."""
+    root = Path(root)
+    out = {}
+    for d in _set_dirs(root):
+        sub = d / "images" if (d / "images").is_dir() and not _image_files(d) else d
+        out[d.name] = load_image_folder(sub, size)
+    return out
+
+
+def to_uint8_hwc(images: np.ndarray) -> np.ndarray:
+    """float [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]."""
+    a = np.asarray(images, dtype=np.float32)
+    if a.ndim == 3:
+        a = a[None]
+    return np.clip((a + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def save_images(folder: str | Path, images: np.ndarray, names: list[str]) -> list[Path]:
+    """Write images (library convention) as {folder}/{name}.png; names must be words."""
+    from PIL import Image
+
+    folder = Path(folder)
+    if len(names) != len(images):
+        raise ValueError(f"{len(images)} images but {len(names)} names")
+    bad = [n for n in names if not WORD_RE.match(n)]
+    if bad:
+        raise ValueError(f"image names must be single words (letters only), got {bad}")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for img, name in zip(to_uint8_hwc(images), names):
+        paths.append(folder / f"{name}.png")
+        Image.fromarray(img).save(paths[-1])
+    return paths
+
+
+def save_style_set(root: str | Path, sid: str, images: np.ndarray, objects: list[str],
+                   prompts: dict[str, str]) -> Path:
+    """Write one challenge style folder: {root}/{sid}/images/{object}.png and {root}/{sid}/prompt.json."""
+    d = Path(root) / sid
+    save_images(d / "images", images, objects)
+    (d / "prompt.json").write_text(json.dumps(prompts, indent=1) + "\n")
+    return d

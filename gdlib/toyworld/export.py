@@ -1,0 +1,106 @@
+"""ToyWorld <-> challenge layout: export few-shot style sets, render oracle "predictions", and the CLI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from gdlib import imageio
+
+from . import (CATEGORIES, DATA_VERSION, DEFAULT_SIZE, HELDOUT_STYLES, OBJECTS, STYLES, _check_style,
+               few_shot_set, render, to_float)
+
+
+def export_challenge(out: str | Path, styles: Sequence[str] | None = None, seed: int = 0, per_style: int = 3,
+                     size: int = DEFAULT_SIZE, categories: Sequence[str] | None = None) -> dict:
+    """Write one folder per style: a few-shot set of one category (images/{object}.png) and prompt.json
+    listing every other object; also {out}/toyworld.json (style, category, seed per folder). Returns it."""
+    styles = list(HELDOUT_STYLES if styles is None else styles)
+    for s in styles:
+        _check_style(s)
+    k_max = min(len(v) for v in CATEGORIES.values())
+    if not 1 <= int(per_style) <= k_max:
+        raise ValueError(f"per_style must be between 1 and {k_max}: a few-shot set holds distinct objects of "
+                         "one category, because file names are object words")
+    rng = np.random.default_rng([int(seed), 5])
+    if categories is None:
+        cats = list(CATEGORIES)
+        start = int(rng.integers(len(cats)))
+        categories = [cats[(start + i) % len(cats)] for i in range(len(styles))]
+    categories = list(categories)
+    if len(categories) != len(styles):
+        raise ValueError(f"{len(styles)} styles but {len(categories)} categories")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"data_version": DATA_VERSION, "seed": int(seed), "size": int(size), "sets": {}}
+    for i, (style, cat) in enumerate(zip(styles, categories)):
+        fs = few_shot_set(style, cat, int(per_style), seed=int(seed) * 1000 + i, size=size)
+        others = [o for o in OBJECTS if o not in fs["objects"]]
+        sid = f"{i:02d}"
+        imageio.save_style_set(out, sid, fs["images"], fs["objects"], {str(j): o for j, o in enumerate(others)})
+        manifest["sets"][sid] = {"style": style, "category": cat, "objects": fs["objects"]}
+    (out / imageio.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def oracle_predictions(ref: str | Path, out: str | Path, seed: int = 1, shuffle_labels: bool = False,
+                       size: int = DEFAULT_SIZE) -> dict[str, list[str]]:
+    """Render real ToyWorld images of every prompt in each folder's style (read from toyworld.json) as if a
+    model had generated them: {out}/{NN}/{prompt}.png. With shuffle_labels the file names are permuted
+    within each folder, so content is right but labels are random (a control for the content metric)."""
+    ref = Path(ref)
+    man_path = ref / imageio.MANIFEST
+    if not man_path.is_file():
+        raise FileNotFoundError(f"{man_path} not found: oracle predictions need the style of each folder, "
+                                "which `gdlib toyworld export` records there")
+    manifest = json.loads(man_path.read_text())
+    rng = np.random.default_rng([int(seed), 11])
+    written = {}
+    for sid, meta in sorted(manifest["sets"].items()):
+        prompts = imageio.read_prompts(ref / sid / "prompt.json")
+        words = [w for _, w in sorted(prompts.items(), key=lambda kv: kv[0])]
+        bad = [w for w in words if w not in OBJECTS]
+        if bad:
+            raise ValueError(f"{ref / sid}/prompt.json asks for {bad}, which ToyWorld cannot draw")
+        seeds = rng.integers(0, 2**31 - 1, size=len(words))
+        imgs = to_float(np.stack([render(w, meta["style"], int(s), size) for w, s in zip(words, seeds)]))
+        names = [words[j] for j in rng.permutation(len(words))] if shuffle_labels else words
+        imageio.save_images(Path(out) / sid, imgs, names)
+        written[sid] = names
+    return written
+
+
+def main(argv: list[str]) -> int:
+    """`gdlib toyworld`: export few-shot sets in the challenge layout, or render oracle predictions."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="gdlib toyworld", description=main.__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export", help="write {out}/NN/images/{object}.png + prompt.json per style")
+    e.add_argument("--out", required=True)
+    e.add_argument("--styles", nargs="+", default=None, help=f"default: the held-out styles {HELDOUT_STYLES}; "
+                   f"any of {STYLES}")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--per-style", type=int, default=3, help="few-shot images per style (one category)")
+    e.add_argument("--size", type=int, default=DEFAULT_SIZE)
+    o = sub.add_parser("oracle", help="render real ToyWorld images of every prompt as predictions {out}/NN/{prompt}.png")
+    o.add_argument("--ref", required=True, help="a folder written by `gdlib toyworld export`")
+    o.add_argument("--out", required=True)
+    o.add_argument("--seed", type=int, default=1)
+    o.add_argument("--shuffle-labels", action="store_true", help="permute file names (control: chance content)")
+    o.add_argument("--size", type=int, default=DEFAULT_SIZE)
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "export":
+            m = export_challenge(a.out, a.styles, a.seed, a.per_style, a.size)
+            for sid, s in m["sets"].items():
+                print(f"{a.out}/{sid}: {s['style']:<11} {s['category']:<9} {', '.join(s['objects'])}")
+        else:
+            w = oracle_predictions(a.ref, a.out, a.seed, a.shuffle_labels, a.size)
+            print(f"wrote {sum(len(v) for v in w.values())} images in {len(w)} folders under {a.out}")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"gdlib toyworld: error: {err}")
+        return 2
+    return 0
