@@ -7,6 +7,7 @@ the two paths agree; bench/ measures what the kernels buy.
 from .switch import kernels_on, kernels_enabled, use_kernels
 from .groupnorm import group_norm, group_norm_reference
 from .attention import attention, attention_reference
+from .dora import dora_scale, dora_scale_reference  # noqa: F401  (DoRA's g = m / ||W0 + sBA||)
 
 __all__ = ["kernels_on", "kernels_enabled", "use_kernels", "group_norm", "group_norm_reference",
            "attention", "attention_reference"]
