@@ -52,3 +52,29 @@ class Explorer:
                 self.error = e
                 print(f"{type(e).__name__}: {e}")
         return self.result
+
+
+def sampler_explorer(n: int = 800, seed: int = 0, mix=None, schedule=None) -> Explorer:
+    """Sampler / steps / eta -> the 2-D mixture sampled by gdlib.sampling (pure function: gdlib.mixture.run_sampler_2d)."""
+    import ipywidgets as W
+
+    from . import plot
+    from .mixture import run_sampler_2d
+    from .sampling import SAMPLERS
+
+    controls = {
+        "sampler": W.Dropdown(options=list(SAMPLERS), value="ddim", description="sampler"),
+        "steps": W.IntSlider(value=10, min=1, max=100, description="steps"),
+        "eta": W.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.1, description="eta"),
+    }
+
+    def fn(sampler: str, steps: int, eta: float):
+        return run_sampler_2d(sampler, steps, eta, n=n, seed=seed, mix=mix, schedule=schedule)
+
+    def render(result):
+        import matplotlib.pyplot as plt
+        fig = plot.sampler_panel(result)
+        plt.show()
+        plt.close(fig)
+
+    return Explorer(fn, controls, render=render)  # call .update() once to draw the first panel
