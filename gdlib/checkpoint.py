@@ -1,0 +1,89 @@
+"""Weights on disk: safetensors only (never pickles), atomic writes, JSON metadata, model cards."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _atomic_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, Any] | None = None) -> Path:
+    """Write tensors (numpy) + string metadata to a .safetensors file atomically (tmp file, then os.replace)."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"save_tensors: weights are stored as .safetensors, got {path.name!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (metadata or {}).items()}
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    tmp = _atomic_path(path)
+    try:
+        save_file(arrays, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read a .safetensors file: (name -> numpy array, metadata strings)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.suffix != ".safetensors":
+        raise ValueError(f"load_tensors: expected a .safetensors file, got {path.name!r} (pickles are not loaded)")
+    with safe_open(str(path), framework="numpy") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return tensors, meta
+
+
+def module_state(module, prefix: str = "") -> dict[str, np.ndarray]:
+    """A Jittor module's state_dict as float32 numpy arrays, names prefixed."""
+    return {prefix + k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in module.state_dict().items()}
+
+
+def load_module_state(module, tensors: dict[str, np.ndarray], prefix: str = "", strict: bool = True) -> None:
+    """Load tensors named prefix+key into module; strict: missing/unexpected/shape-mismatched keys are an error."""
+    own = module.state_dict()
+    sub = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    missing = sorted(set(own) - set(sub))
+    unexpected = sorted(set(sub) - set(own))
+    bad = sorted(k for k in set(own) & set(sub) if tuple(own[k].shape) != tuple(sub[k].shape))
+    if strict and (missing or unexpected or bad):
+        raise ValueError(f"checkpoint does not match the model (prefix {prefix!r}): missing {missing[:8]}, "
+                         f"unexpected {unexpected[:8]}, shape mismatch {bad[:8]}")
+    for k, v in own.items():
+        if k in sub and k not in bad:
+            v.update(np.asarray(sub[k], dtype=np.float32))
+
+
+def write_model_card(directory: str | os.PathLike, card: dict[str, Any], title: str = "Model card") -> tuple[Path, Path]:
+    """Write model_card.json and a Markdown rendering model_card.md (atomically)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    js, md = d / "model_card.json", d / "model_card.md"
+    lines = [f"# {title}", ""]
+    for k, v in card.items():
+        if isinstance(v, dict):
+            lines.append(f"## {k}")
+            lines += [f"- **{kk}**: {json.dumps(vv) if not isinstance(vv, str) else vv}" for kk, vv in v.items()]
+            lines.append("")
+        else:
+            val = f"`{v}`" if k == "command" else (v if isinstance(v, str) else json.dumps(v))
+            lines.append(f"- **{k}**: {val}")
+    for path, text in ((js, json.dumps(card, indent=2, sort_keys=False) + "\n"), (md, "\n".join(lines) + "\n")):
+        tmp = _atomic_path(path)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return js, md

@@ -1,0 +1,341 @@
+"""Pretraining of the toy text-to-image model on ToyWorld: epsilon or v target (Ho et al. 2020, Eq. 14;
+Salimans & Ho 2022), caption dropout for classifier-free guidance, Min-SNR loss weights (Hang et al. 2023),
+AdamW + warmup + cosine decay, gradient clipping, EMA, sample grids, atomic checkpoints with resume."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import runtime
+
+jt = runtime.setup_jittor()
+
+from .checkpoint import load_tensors, save_tensors  # noqa: E402
+from .models.config import ModelConfig, TextConfig, UNetConfig  # noqa: E402
+from .pipeline import TextToImage  # noqa: E402
+
+CKPT_NAME = "ckpt.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    """Knobs of pretraining; the budget is whichever of steps / minutes runs out first (summed over resumes)."""
+    out_dir: str = "runs/base"
+    steps: int = 100_000
+    minutes: float = 85.0
+    batch_size: int = 64
+    lr: float = 2e-3
+    lr_min_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    cond_drop: float = 0.1
+    min_snr_gamma: float = 5.0          # 0 disables the Min-SNR weights
+    n_per_pair: int = 64
+    styles: list[str] | None = None     # None: toyworld.KNOWN_STYLES (never the held-out ones)
+    objects: list[str] | None = None    # None: all toyworld.OBJECTS
+    data_seed: int = 0
+    seed: int = 0
+    checkpoint_minutes: float = 5.0
+    sample_every: int = 250             # 0 disables the sample grids
+    sample_steps: int = 25
+    guidance_scale: float = 4.0
+    log_every: int = 10
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay from lr to lr * lr_min_ratio over progress in [0, 1]."""
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+    return cfg.lr * warm * (cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * cos)
+
+
+def min_snr_weights(alpha_bar: np.ndarray, gamma: float, prediction_type: str) -> np.ndarray:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, Eq. 9): min(SNR, g)/SNR for eps, min(SNR, g)/(SNR+1) for v."""
+    snr = alpha_bar / (1.0 - alpha_bar)
+    if gamma <= 0:
+        return np.ones_like(snr)
+    if prediction_type == "epsilon":
+        return np.minimum(snr, gamma) / snr
+    if prediction_type == "v_prediction":
+        return np.minimum(snr, gamma) / (snr + 1.0)
+    return np.minimum(snr, gamma)
+
+
+def training_target(model: TextToImage, x0: np.ndarray, eps: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """What the UNet must output: eps (epsilon) or v = sqrt(abar) eps - sqrt(1-abar) x0 (v_prediction)."""
+    pt = model.config.prediction_type
+    if pt == "epsilon":
+        return eps
+    if pt == "v_prediction":
+        return model.schedule.velocity(x0, eps, t)
+    raise ValueError(f"pretraining supports prediction_type 'epsilon' or 'v_prediction', got {pt!r}")
+
+
+def ema_update(ema_params: list, params: list, decay: float) -> None:
+    """theta_ema <- decay theta_ema + (1 - decay) theta."""
+    for pe, p in zip(ema_params, params):
+        pe.update((pe * decay + p.detach() * (1.0 - decay)).stop_grad())
+    jt.sync(ema_params)
+
+
+def _load_data(cfg: TrainConfig, model: TextToImage) -> dict:
+    from . import toyworld
+
+    styles = list(cfg.styles) if cfg.styles is not None else list(toyworld.KNOWN_STYLES)
+    objects = list(cfg.objects) if cfg.objects is not None else list(toyworld.OBJECTS)
+    leaked = sorted(set(styles) & set(toyworld.HELDOUT_STYLES))
+    if leaked:
+        raise ValueError(f"pretraining must never see held-out styles; remove {leaked} from styles")
+    size = model.config.unet.image_size
+    ds = toyworld.make_dataset(styles, objects, cfg.n_per_pair, cfg.data_seed, size=size)
+    ds["ids"] = model.tokenizer.encode(ds["captions"], strict=True)
+    ds["styles"], ds["objects"], ds["data_version"] = styles, objects, toyworld.DATA_VERSION
+    return ds
+
+
+def save_checkpoint(path: Path, model: TextToImage, ema: TextToImage, opt, state: dict) -> Path:
+    """Model, EMA, AdamW moments and loop state in one safetensors file (atomic)."""
+    tensors = {"model." + k: v for k, v in model.state().items()}
+    tensors.update({"ema." + k: v for k, v in ema.state().items()})
+    for g, pg in enumerate(opt.param_groups):
+        for i, (m, v) in enumerate(zip(pg["m"], pg["values"])):
+            tensors[f"opt.{g}.m.{i}"] = m.numpy()
+            tensors[f"opt.{g}.v.{i}"] = v.numpy()
+    meta = {**model.metadata(), "train_state": json.dumps({**state, "opt_n_step": int(opt.n_step)})}
+    return save_tensors(path, tensors, meta)
+
+
+def _restore(path: Path, model: TextToImage, ema: TextToImage, opt) -> dict:
+    tensors, meta = load_tensors(path)
+    if meta.get("config") != model.config.to_json():
+        raise ValueError(f"{path} was trained with a different model config; use another --out directory "
+                         f"or the same model options (saved: {meta.get('config')})")
+    model.load_state({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.load_state({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    for g, pg in enumerate(opt.param_groups):
+        for i, (m, v) in enumerate(zip(pg["m"], pg["values"])):
+            m.update(jt.array(tensors[f"opt.{g}.m.{i}"]))
+            v.update(jt.array(tensors[f"opt.{g}.v.{i}"]))
+    state = json.loads(meta["train_state"])
+    opt.n_step = int(state.pop("opt_n_step"))
+    return state
+
+
+def sample_grid(model: TextToImage, styles: Sequence[str], objects: Sequence[str], path: Path | None,
+                steps: int = 25, guidance_scale: float = 4.0, seed: int = 0, title: str = ""):
+    """One sample per (style, object) prompt as a grid (rows = styles); saved as PNG when path is given."""
+    from . import plot, toyworld
+    from .pipeline import generate
+
+    prompts = [toyworld.caption(s, o) for s in styles for o in objects]
+    images = generate(model, prompts, num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed)
+    fig = plot.image_grid(images, nrow=len(objects), titles=list(objects), row_labels=list(styles), suptitle=title)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=80)
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+    return images, fig
+
+
+def train_base(cfg: TrainConfig, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Train (or resume) the base model; returns dict(model, ema, history, state, data_version)."""
+    from tqdm.auto import tqdm
+
+    if cfg.batch_size < 1 or cfg.steps < 0 or cfg.minutes <= 0:
+        raise ValueError("batch_size must be >= 1, steps >= 0 and minutes > 0")
+    if not 0.0 <= cfg.cond_drop < 1.0:
+        raise ValueError(f"cond_drop must be in [0, 1), got {cfg.cond_drop}")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / CKPT_NAME
+    jt.set_global_seed(cfg.seed)
+    from . import toyworld
+    mc = cfg.model
+    mc.text.vocab = list(toyworld.vocabulary())
+    mc.unet.context_dim = mc.text.width
+    model = TextToImage(mc)
+    ema = TextToImage(mc)
+    ema.load_state(model.state())
+    params, ema_params = model.parameters(), ema.parameters()
+    opt = jt.optim.AdamW(params, cfg.lr, weight_decay=cfg.weight_decay)
+    state = {"step": 0, "elapsed": 0.0, "rng": None, "history": {"step": [], "loss": [], "lr": []}}
+    if ckpt.exists():
+        state = _restore(ckpt, model, ema, opt)
+        log(f"resumed from {ckpt} at step {state['step']} ({state['elapsed'] / 60:.1f} min trained)")
+    rng = np.random.default_rng(cfg.seed + 1000003 * state["step"])
+    t_data = time.time()
+    ds = _load_data(cfg, model)
+    log(f"data: {len(ds['captions'])} images, {len(ds['styles'])} styles x {len(ds['objects'])} objects, "
+        f"ToyWorld data version {ds['data_version']} ({time.time() - t_data:.0f} s); "
+        f"model: {model.num_parameters():,} parameters")
+    images, ids, N = ds["images"], ds["ids"], len(ds["captions"])
+    uncond_ids = model.tokenizer.encode([""])[0]
+    abar_table = model.schedule.alphas_cumprod
+    T = model.config.num_train_timesteps
+    budget = cfg.minutes * 60.0
+    hist = state["history"]
+    bar = tqdm(total=cfg.steps, initial=state["step"], disable=not progress, desc="train-base", mininterval=5)
+    t_last_ckpt, t0, elapsed0 = time.time(), time.time(), state["elapsed"]
+    running = None
+    while state["step"] < cfg.steps and state["elapsed"] < budget:
+        step = state["step"]
+        lr = lr_at(step, max(step / max(1, cfg.steps), state["elapsed"] / budget), cfg)
+        opt.lr = lr
+        idx = rng.integers(0, N, cfg.batch_size)
+        x0 = images[idx]
+        eps = rng.standard_normal(x0.shape).astype(np.float32)
+        t = rng.integers(0, T, cfg.batch_size)
+        x_t = model.schedule.add_noise(x0, eps, t).astype(np.float32)
+        target = training_target(model, x0, eps, t).astype(np.float32)
+        drop = rng.random(cfg.batch_size) < cfg.cond_drop
+        ids_b = np.where(drop[:, None], uncond_ids[None, :], ids[idx]).astype(np.int32)
+        w = min_snr_weights(abar_table[t], cfg.min_snr_gamma, model.config.prediction_type).astype(np.float32)
+        pred = model.unet(jt.array(x_t), jt.array(t.astype(np.float32)), model.text_encoder(ids_b))
+        per_sample = ((pred - jt.array(target)) ** 2).mean(dims=(1, 2, 3))
+        loss = (per_sample * jt.array(w)).mean()
+        opt.backward(loss)
+        if cfg.grad_clip > 0:
+            opt.clip_grad_norm(cfg.grad_clip)
+        opt.step()
+        loss_val = float(loss.item())
+        if not math.isfinite(loss_val):
+            raise FloatingPointError(
+                f"loss is {loss_val} at step {step} (lr {lr:.2e}); the last good checkpoint is {ckpt} "
+                "(if any). Lower --lr or keep --grad-clip on, then rerun to resume.")
+        ema_update(ema_params, params, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        state["step"] = step + 1
+        state["elapsed"] = elapsed0 + (time.time() - t0)
+        running = loss_val if running is None else 0.95 * running + 0.05 * loss_val
+        if state["step"] % cfg.log_every == 0 or state["step"] == 1:
+            hist["step"].append(state["step"]); hist["loss"].append(running); hist["lr"].append(lr)
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.1e}", min=f"{state['elapsed'] / 60:.1f}")
+        if cfg.sample_every and state["step"] % cfg.sample_every == 0:
+            _grid(ema, ds, out / "samples" / f"step_{state['step']:06d}.png", cfg, log)
+        if time.time() - t_last_ckpt >= cfg.checkpoint_minutes * 60:
+            save_checkpoint(ckpt, model, ema, opt, {**state, "elapsed": elapsed0 + time.time() - t0})
+            t_last_ckpt = time.time()
+    bar.close()
+    state["rng"] = None
+    save_checkpoint(ckpt, model, ema, opt, state)
+    log(f"stopped at step {state['step']} after {state['elapsed'] / 60:.1f} min; checkpoint {ckpt}")
+    return {"model": model, "ema": ema, "history": hist, "state": state, "data_version": ds["data_version"],
+            "styles": ds["styles"], "objects": ds["objects"]}
+
+
+def _grid(ema: TextToImage, ds: dict, path: Path, cfg: TrainConfig, log) -> None:
+    styles = ds["styles"][::max(1, len(ds["styles"]) // 6)][:6]
+    objects = ds["objects"][::max(1, len(ds["objects"]) // 6)][:6]
+    t = time.time()
+    sample_grid(ema, styles, objects, path, cfg.sample_steps, cfg.guidance_scale, seed=0, title=path.stem)
+    log(f"\nsample grid {path} ({time.time() - t:.0f} s)")
+
+
+def export_base(ema: TextToImage, out_dir: str | os.PathLike, card: dict[str, Any]) -> Path:
+    """Write the EMA weights as out_dir/base.safetensors plus model_card.json/.md."""
+    from .checkpoint import write_model_card
+
+    out = Path(out_dir)
+    path = ema.save(out / "base.safetensors", {"model_card": card})
+    write_model_card(out, card, title="gdlib toy text-to-image base model")
+    return path
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    u, tx = UNetConfig(), TextConfig()
+    p = argparse.ArgumentParser(prog="gdlib train-base", description=(
+        "Pretrain the toy text-to-image model on ToyWorld's known styles. Rerun the same command to resume "
+        "from OUT/ckpt.safetensors; the step and minute budgets are totals over all resumes."))
+    p.add_argument("--out", default=d.out_dir, help="run directory (checkpoint, sample grids)")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--minutes", type=float, default=d.minutes, help="training wall-time budget (total)")
+    p.add_argument("--batch", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup", type=int, default=d.warmup_steps)
+    p.add_argument("--ema", type=float, default=d.ema_decay)
+    p.add_argument("--cond-drop", type=float, default=d.cond_drop)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--min-snr", type=float, default=d.min_snr_gamma)
+    p.add_argument("--n-per-pair", type=int, default=d.n_per_pair, help="pre-rendered images per style x object")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--base-channels", type=int, default=u.base_channels)
+    p.add_argument("--channel-mult", default=",".join(map(str, u.channel_mult)))
+    p.add_argument("--patch-size", type=int, default=u.patch_size)
+    p.add_argument("--text-width", type=int, default=tx.width)
+    p.add_argument("--text-layers", type=int, default=tx.layers)
+    p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
+    p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes)
+    p.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between sample grids (0: off)")
+    p.add_argument("--export", default=None, help="after training: measure accuracies, write EMA weights + card here")
+    p.add_argument("--eval-steps", type=int, default=25, help="DDIM steps for the export's accuracy measurement")
+    p.add_argument("--guidance", type=float, default=d.guidance_scale, help="CFG scale for samples and measurement")
+    p.add_argument("--eval-per-pair", type=int, default=1, help="images per known style x object when measuring")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from parsed train-base options."""
+    try:
+        mult = tuple(int(m) for m in a.channel_mult.split(","))
+    except ValueError:
+        raise ValueError(f"--channel-mult must look like 1,2,2, got {a.channel_mult!r}") from None
+    unet = UNetConfig(base_channels=a.base_channels, channel_mult=mult, patch_size=a.patch_size,
+                      context_dim=a.text_width)
+    text = TextConfig(width=a.text_width, layers=a.text_layers)
+    return TrainConfig(out_dir=a.out, steps=a.steps, minutes=a.minutes, batch_size=a.batch, lr=a.lr,
+                       warmup_steps=a.warmup, ema_decay=a.ema, cond_drop=a.cond_drop, grad_clip=a.grad_clip,
+                       min_snr_gamma=a.min_snr, n_per_pair=a.n_per_pair, seed=a.seed,
+                       checkpoint_minutes=a.checkpoint_minutes, sample_every=a.sample_every,
+                       guidance_scale=a.guidance, model=ModelConfig(unet=unet, text=text, prediction_type=a.prediction_type))
+
+
+def main_train_base(argv: list[str]) -> int:
+    """`gdlib train-base`: train or resume; with --export, measure and export the EMA model."""
+    import shlex
+    import sys
+
+    a = _parser().parse_args(argv)
+    cfg = config_from_args(a)
+    res = train_base(cfg, progress=not a.no_progress)
+    if a.export:
+        t = time.time()
+        acc = measure_accuracy_cli(res["ema"], res["styles"], res["objects"], a.eval_per_pair, a.eval_steps, a.guidance)
+        print(f"accuracy over {acc['n_images']} known style x object prompts ({a.eval_steps} DDIM steps, CFG "
+              f"{a.guidance}): content {acc['content_accuracy']:.3f}, style {acc['style_accuracy']:.3f} "
+              f"({time.time() - t:.0f} s)")
+        cfg_dict = asdict(cfg)
+        card = {"command": "gdlib train-base " + " ".join(shlex.quote(x) for x in argv),
+                "data": f"ToyWorld data version {res['data_version']}, known styles only: {res['styles']}; "
+                        f"objects: {res['objects']}; {cfg.n_per_pair} images per pair (data seed {cfg.data_seed})",
+                "steps": res["state"]["step"], "train_minutes": round(res["state"]["elapsed"] / 60, 1),
+                "batch_size": cfg.batch_size, "parameters": res["ema"].num_parameters(),
+                "weights": "EMA (decay %.4f)" % cfg.ema_decay, "prediction_type": cfg.model.prediction_type,
+                "final_loss": round(res["history"]["loss"][-1], 5) if res["history"]["loss"] else None,
+                "metrics": {k: v for k, v in acc.items() if k != "per_style"}, "per_style": acc["per_style"],
+                "train_config": {k: v for k, v in cfg_dict.items() if k != "model"},
+                "model_config": json.loads(cfg.model.to_json()),
+                "backend": f"{runtime.info()['backend']}, python {sys.version.split()[0]}"}
+        path = export_base(res["ema"], a.export, card)
+        print(f"exported {path} ({path.stat().st_size / 2**20:.2f} MiB) + model card")
+    return 0
+
+
+def measure_accuracy_cli(model, styles, objects, n_per_pair, steps, guidance) -> dict:
+    """measure_accuracy with the shipped evaluators (kept separate so train-base runs before they exist)."""
+    from .pipeline import measure_accuracy
+
+    return measure_accuracy(model, styles, objects, n_per_pair, steps, guidance, seed=1234)
