@@ -13,6 +13,11 @@ import sys
 # name -> ("module:function", one-line help). Add a line here for a new subcommand.
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("gdlib.doctor:main", "check the Jittor runtime (backend, oneDNN) with a tiny conv"),
+    "toyworld": ("gdlib.toyworld.export:main", "export ToyWorld few-shot sets in the challenge layout; oracle predictions"),
+    "score": ("gdlib.metrics:main", "score predictions against a challenge-layout folder (per-style table)"),
+    "train-evaluators": ("gdlib.models.evaluators:main", "train the ToyWorld content and style evaluators"),
+    "train-base": ("gdlib.train:main_train_base", "pretrain (or resume) the toy text-to-image base model on known styles"),
+    "sample": ("gdlib.pipeline:main_sample", "generate images from prompts with the base model (CFG + DDIM)"),
 }
 
 
