@@ -90,6 +90,35 @@ def bars(values: dict[str, float], ylabel: str, title: str | None = None, logy: 
     return fig
 
 
+def style_object_grid(grid, styles: Sequence[str], objects: Sequence[str], scale: float = 1.0,
+                      heldout: Sequence[str] = (), title: str | None = None):
+    """A styles x objects table of images (uint8 [S, O, H, W, 3]) as one labelled picture; held-out styles starred."""
+    import matplotlib.pyplot as plt
+
+    g = np.asarray(grid)
+    if g.ndim != 5 or g.shape[:2] != (len(styles), len(objects)):
+        raise ValueError(f"style_object_grid: expected [{len(styles)}, {len(objects)}, H, W, 3], got {g.shape}")
+    s, o, h, w, _ = g.shape
+    pad = max(1, h // 16)
+    canvas = np.full((s * (h + pad) - pad, o * (w + pad) - pad, 3), 255, np.uint8)
+    for i in range(s):
+        for j in range(o):
+            canvas[i * (h + pad):i * (h + pad) + h, j * (w + pad):j * (w + pad) + w] = g[i, j]
+    fig, ax = plt.subplots(figsize=(0.45 * o * scale + 1.2, 0.45 * s * scale + 0.8))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_xticks([j * (w + pad) + w / 2 for j in range(o)])
+    ax.set_xticklabels(objects, rotation=60, fontsize=7)
+    ax.set_yticks([i * (h + pad) + h / 2 for i in range(s)])
+    ax.set_yticklabels([f"{n} *" if n in heldout else n for n in styles], fontsize=7)
+    ax.tick_params(length=0)
+    for sp in ax.spines.values():
+        sp.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def points_2d(clouds: dict, paths=None, title: str | None = None, ax=None, lim: float = 1.6, s: float = 2.0):
     """Scatter named 2-D point clouds ([N, 2] each) and optional trajectories ([steps + 1, P, 2]) on one axis."""
     import matplotlib.pyplot as plt
