@@ -250,3 +250,16 @@ def test_attention_bad_shapes_are_value_errors():
         kernels.attention(q.reshape(6, 4, 8), q, q)
     with pytest.raises(ValueError, match="do not fit"):
         kernels.attention(q, jt.ones((2, 3, 5, 7)), jt.ones((2, 3, 5, 7)))
+
+
+def test_attention_long_keys_fall_back_on_cpu():
+    """Head size x keys beyond the CPU kernel's stack block: attention() uses the reference, the op refuses."""
+    if jt.flags.use_cuda:
+        pytest.skip("the block limit is CPU-only")
+    rng = np.random.default_rng(2)
+    q, k, v, _ = _att_inputs(rng, 1, 1, 3, 200, 64)
+    tq, tk, tv = jt.array(q), jt.array(k), jt.array(v)
+    np.testing.assert_array_equal(kernels.attention(tq, tk, tv).numpy(),
+                                  att.attention_reference(tq, tk, tv).numpy())
+    with pytest.raises(ValueError, match="exceeds"):
+        att.attention_fused(tq, tk, tv)

@@ -13,6 +13,11 @@ jt = runtime.setup_jittor()
 CPU_HEADER = "#include <omp.h>\n#include <cmath>\n"
 CUDA_HEADER = "#include <cmath>\n"
 
+# Below this much work an op runs on one thread: waking a second OpenMP thread costs more than it saves, and
+# on a busy machine the wake-up can wait for a whole scheduler slice (measured: 10-30 ms at load 5 on 2 cores).
+PARALLEL_MIN_ELEMENTS = 1 << 17  # elementwise/normalization kernels: tensor elements
+PARALLEL_MIN_MACS = 1 << 22      # attention: multiply-adds of one Q K^T
+
 _STATUS: dict[tuple[str, int], bool] = {}
 
 

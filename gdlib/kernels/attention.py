@@ -25,6 +25,7 @@ def attention(q: "jt.Var", k: "jt.Var", v: "jt.Var", scale: float | None = None)
     """Attention; the fused kernel when the switch is on, else the reference."""
     _check_shapes(q, k, v)
     if (kernels_on() and all(str(t.dtype) == "float32" for t in (q, k, v)) and v.shape[-1] == q.shape[-1]
+            and (jt.flags.use_cuda or q.shape[-1] * k.shape[2] <= _MAX_CPU_BLOCK)
             and _available(_build.device_key())):
         return attention_fused(q, k, v, scale)
     return attention_reference(q, k, v, scale)
@@ -45,7 +46,7 @@ def _check_shapes(q, k, v) -> None:
 #   s_ij = scale q_i . k_j,  lse_i = log sum_j exp(s_ij),  p_ij = exp(s_ij - lse_i),  o_i = sum_j p_ij v_j.
 # Backward recomputes p from the saved lse: with D_i = dO_i . o_i and ds_ij = p_ij (dO_i . v_j - D_i),
 #   dq_i = scale sum_j ds_ij k_j,  dk_j = scale sum_i ds_ij q_i,  dv_j = sum_i p_ij dO_i.
-# CPU: OpenMP over rows (forward) and over (batch, head) (backward, no write races). CUDA: a thread per row.
+# CPU: OpenMP over (batch, head), K^T and V^T staged so inner loops run along keys. CUDA: a thread per row.
 # ---------------------------------------------------------------------------------------------------------
 import functools  # noqa: E402
 
@@ -53,83 +54,95 @@ import numpy as np  # noqa: E402
 
 from . import _build  # noqa: E402
 
-_CPU_HEADER = _build.CPU_HEADER + "#include <vector>\n"
+_CPU_HEADER = _build.CPU_HEADER
 
 _CPU_FWD = """
 // in: q [B,H,N,D], k [B,H,M,D], v [B,H,M,D]; out: o [B,H,N,D], lse [B,H,N]
+// Per (batch, head): K^T is copied once so that the inner loops run along the key axis j (axpy, vectorized).
 const long BH = (long)in0_shape0 * in0_shape1;
-const int N = in0_shape2, D = in0_shape3, M = in1_shape2;
+const int N = in0_shape2;
+constexpr int D = @D, M = @M;  // head size and key count as constants: the loops unroll and vectorize
 const float sc = (float)@SCALE;
-#pragma omp parallel
-{
-    std::vector<float> p(M);
-    #pragma omp for schedule(static)
-    for (long r = 0; r < BH * N; r++) {
-        const long bh = r / N;
+#pragma omp parallel for schedule(dynamic, 1) if (BH * N * M * D >= @PAR_MIN)
+for (long bh = 0; bh < BH; bh++) {
+    float kt[D * M], p[M];
+    const float* kb = in1_p + bh * M * D;
+    const float* vb = in2_p + bh * M * D;
+    for (int j = 0; j < M; j++)
+        for (int d = 0; d < D; d++) kt[d * M + j] = kb[j * D + d] * sc;
+    for (int i = 0; i < N; i++) {
+        const long r = bh * N + i;
         const float* qi = in0_p + r * D;
-        const float* kb = in1_p + bh * M * D;
-        const float* vb = in2_p + bh * M * D;
-        float mx = -INFINITY;
-        for (int j = 0; j < M; j++) {
-            const float* kj = kb + (long)j * D;
-            float s = 0;
-            for (int d = 0; d < D; d++) s += qi[d] * kj[d];
-            s *= sc;
-            p[j] = s;
-            mx = s > mx ? s : mx;
+        for (int j = 0; j < M; j++) p[j] = 0;
+        for (int d = 0; d < D; d++) {
+            const float qd = qi[d];
+            for (int j = 0; j < M; j++) p[j] += qd * kt[d * M + j];
         }
+        float mx = p[0];
+        for (int j = 1; j < M; j++) mx = p[j] > mx ? p[j] : mx;
         float sum = 0;
         for (int j = 0; j < M; j++) { p[j] = std::exp(p[j] - mx); sum += p[j]; }
         const float inv = 1.0f / sum;
-        float* oi = out0_p + r * D;
-        for (int d = 0; d < D; d++) oi[d] = 0;
+        float o[D];
+        for (int d = 0; d < D; d++) o[d] = 0;
         for (int j = 0; j < M; j++) {
             const float w = p[j] * inv;
-            const float* vj = vb + (long)j * D;
-            for (int d = 0; d < D; d++) oi[d] += w * vj[d];
+            for (int d = 0; d < D; d++) o[d] += w * vb[j * D + d];
         }
+        float* oi = out0_p + r * D;
+        for (int d = 0; d < D; d++) oi[d] = o[d];
         out1_p[r] = mx + std::log(sum);
     }
 }
 """
 
 _CPU_BWD = """
-// in: q, k, v, o, lse, dO; out: dq, dk, dv
+// in: q, k, v, o, lse, dO; out: dq, dk, dv.  Parallel over (batch, head): no write races.
 const long BH = (long)in0_shape0 * in0_shape1;
-const int N = in0_shape2, D = in0_shape3, M = in1_shape2;
+const int N = in0_shape2;
+constexpr int D = @D, M = @M;
 const float sc = (float)@SCALE;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (BH * N * M * D >= @PAR_MIN)
 for (long bh = 0; bh < BH; bh++) {
+    float kt[D * M], vt[D * M], dkt[D * M], dvt[D * M], p[M], ds[M];
     const float* kb = in1_p + bh * M * D;
     const float* vb = in2_p + bh * M * D;
-    float* dkb = out1_p + bh * M * D;
-    float* dvb = out2_p + bh * M * D;
-    for (long t = 0; t < (long)M * D; t++) { dkb[t] = 0; dvb[t] = 0; }
+    for (int j = 0; j < M; j++)
+        for (int d = 0; d < D; d++) { kt[d * M + j] = kb[j * D + d]; vt[d * M + j] = vb[j * D + d]; }
+    for (int t = 0; t < D * M; t++) { dkt[t] = 0; dvt[t] = 0; }
     for (int i = 0; i < N; i++) {
         const long r = bh * N + i;
         const float* qi = in0_p + r * D;
         const float* oi = in3_p + r * D;
         const float* gi = in5_p + r * D;
-        float* dqi = out0_p + r * D;
         const float lse = in4_p[r];
         float Di = 0;
-        for (int d = 0; d < D; d++) { Di += gi[d] * oi[d]; dqi[d] = 0; }
+        for (int d = 0; d < D; d++) Di += gi[d] * oi[d];
+        for (int j = 0; j < M; j++) { p[j] = 0; ds[j] = 0; }
+        for (int d = 0; d < D; d++) {
+            const float qd = qi[d] * sc, gd = gi[d];
+            for (int j = 0; j < M; j++) { p[j] += qd * kt[d * M + j]; ds[j] += gd * vt[d * M + j]; }
+        }
         for (int j = 0; j < M; j++) {
-            const float* kj = kb + (long)j * D;
-            const float* vj = vb + (long)j * D;
-            float s = 0, dp = 0;
-            for (int d = 0; d < D; d++) { s += qi[d] * kj[d]; dp += gi[d] * vj[d]; }
-            const float p = std::exp(s * sc - lse);
-            const float ds = p * (dp - Di) * sc;
-            float* dkj = dkb + (long)j * D;
-            float* dvj = dvb + (long)j * D;
-            for (int d = 0; d < D; d++) {
-                dqi[d] += ds * kj[d];
-                dkj[d] += ds * qi[d];
-                dvj[d] += p * gi[d];
+            p[j] = std::exp(p[j] - lse);
+            ds[j] = p[j] * (ds[j] - Di) * sc;
+        }
+        float* dqi = out0_p + r * D;
+        for (int d = 0; d < D; d++) {
+            const float qd = qi[d], gd = gi[d];
+            float acc = 0;
+            for (int j = 0; j < M; j++) {
+                acc += ds[j] * kt[d * M + j];
+                dkt[d * M + j] += ds[j] * qd;
+                dvt[d * M + j] += p[j] * gd;
             }
+            dqi[d] = acc;
         }
     }
+    float* dkb = out1_p + bh * M * D;
+    float* dvb = out2_p + bh * M * D;
+    for (int j = 0; j < M; j++)
+        for (int d = 0; d < D; d++) { dkb[j * D + d] = dkt[d * M + j]; dvb[j * D + d] = dvt[d * M + j]; }
 }
 """
 
@@ -223,9 +236,13 @@ gdlib_att_bwd_kv<<<(cols + GDLIB_ATT_T - 1) / GDLIB_ATT_T, GDLIB_ATT_T>>>(
 """
 
 
-def _fill(src: str, scale: float) -> str:
-    """Bake the softmax scale into a kernel source as a constant."""
-    return src.replace("@SCALE", repr(float(scale)))
+_MAX_CPU_BLOCK = 8192  # D * M floats per stack buffer (32 KiB, four of them); larger use the reference path
+
+
+def _fill(src: str, scale: float, head_dim: int = 0, keys: int = 0) -> str:
+    """Bake the softmax scale, head size and key count into a kernel source as constants."""
+    return (src.replace("@SCALE", repr(float(scale))).replace("@D", str(int(head_dim)))
+            .replace("@M", str(int(keys))).replace("@PAR_MIN", str(_build.PARALLEL_MIN_MACS)))
 
 
 class _AttentionFn(jt.Function):
@@ -237,7 +254,7 @@ class _AttentionFn(jt.Function):
     def execute(self, q, k, v):
         B, H, N, _ = q.shape
         o, lse = jt.code([q.shape, (B, H, N)], [q.dtype, q.dtype], [q, k, v],
-                         cpu_header=_CPU_HEADER, cpu_src=_fill(_CPU_FWD, self.scale),
+                         cpu_header=_CPU_HEADER, cpu_src=_fill(_CPU_FWD, self.scale, q.shape[-1], k.shape[2]),
                          cuda_header=_CUDA_HEADER, cuda_src=_fill(_CUDA_FWD, self.scale))
         self.saved = (q, k, v, o, lse)
         return o
@@ -247,7 +264,7 @@ class _AttentionFn(jt.Function):
             return None, None, None
         q, k, v, o, lse = self.saved
         dq, dk, dv = jt.code([q.shape, k.shape, v.shape], [q.dtype] * 3, [q, k, v, o, lse, go],
-                             cpu_header=_CPU_HEADER, cpu_src=_fill(_CPU_BWD, self.scale),
+                             cpu_header=_CPU_HEADER, cpu_src=_fill(_CPU_BWD, self.scale, q.shape[-1], k.shape[2]),
                              cuda_header=_CUDA_HEADER, cuda_src=_fill(_CUDA_BWD, self.scale))
         return dq, dk, dv
 
@@ -255,6 +272,11 @@ class _AttentionFn(jt.Function):
 def attention_fused(q: "jt.Var", k: "jt.Var", v: "jt.Var", scale: float | None = None) -> "jt.Var":
     """The fused op (no [Nq, Nk] matrix in memory; threaded backward), no fallback."""
     _check_shapes(q, k, v)
+    if v.shape[-1] != q.shape[-1]:
+        raise ValueError(f"attention_fused: v's head size {v.shape[-1]} != q's {q.shape[-1]} (use the reference)")
+    if not jt.flags.use_cuda and q.shape[-1] * k.shape[2] > _MAX_CPU_BLOCK:
+        raise ValueError(f"attention_fused: head size x keys = {q.shape[-1] * k.shape[2]} exceeds the CPU "
+                         f"kernel's block of {_MAX_CPU_BLOCK} floats (use attention(), which falls back)")
     s = (1.0 / math.sqrt(q.shape[-1])) if scale is None else float(scale)
     return _AttentionFn(s)(q, k, v)
 

@@ -61,7 +61,7 @@ _CPU_FWD = """
 const int B = in0_shape0, C = in0_shape1, S = in0_shape2;
 const int G = @G, Cg = C / G;
 const double N = (double)Cg * S;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if ((long)B * C * S >= @PAR_MIN)
 for (int bg = 0; bg < B * G; bg++) {
     const int b = bg / G, g = bg % G;
     const size_t base = ((size_t)b * C + (size_t)g * Cg) * S;
@@ -93,7 +93,7 @@ _CPU_BWD = """
 const int B = in0_shape0, C = in0_shape1, S = in0_shape2;
 const int G = @G, Cg = C / G;
 const float invN = (float)(1.0 / ((double)Cg * S));
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if ((long)B * C * S >= @PAR_MIN)
 for (int bg = 0; bg < B * G; bg++) {
     const int b = bg / G, g = bg % G;
     const size_t base = ((size_t)b * C + (size_t)g * Cg) * S;
@@ -217,7 +217,8 @@ gdlib_gn_bwd_@SILU<<<in0_shape0 * @G, GDLIB_GN_T>>>(in0_p, in1_p, in2_p, in3_p, 
 
 def _fill(src: str, G: int, eps: float, silu: bool) -> str:
     """Bake the group count, eps and the SiLU switch into a kernel source as constants."""
-    return src.replace("@G", str(int(G))).replace("@EPS", repr(float(eps))).replace("@SILU", "1" if silu else "0")
+    return (src.replace("@G", str(int(G))).replace("@EPS", repr(float(eps))).replace("@SILU", "1" if silu else "0")
+            .replace("@PAR_MIN", str(_build.PARALLEL_MIN_ELEMENTS)))
 
 
 def _gn_forward(x, a, d, G: int, eps: float, silu: bool):

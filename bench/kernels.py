@@ -1,0 +1,130 @@
+"""Op-level benchmark: gdlib's fused kernels vs their plain-Jittor references vs PyTorch on the same CPU.
+
+Each op is timed forward + backward (gradients of sum(y * g) w.r.t. every input), interleaved in one process
+(fused, reference, torch, fused, ...) for --repeats rounds; the table gives medians and their ratios.
+Usage: python bench/kernels.py [--batch 64] [--repeats 7] [--threads N] [--ops groupnorm,attention]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/kernels.py", description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=0, help="OpenMP/torch threads (0: all cores)")
+    p.add_argument("--ops", default="groupnorm,attention")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    if args.threads > 0:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before Jittor/oneDNN start OpenMP
+    import numpy as np
+
+    from gdlib import runtime
+    jt = runtime.setup_jittor()
+    from gdlib.kernels import _build
+    import importlib
+    gn = importlib.import_module("gdlib.kernels.groupnorm")
+    att = importlib.import_module("gdlib.kernels.attention")
+    try:
+        import torch
+        import torch.nn.functional as F
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+    except ImportError:
+        torch = None
+        print("torch not installed (pip install -e .[bench]): PyTorch column skipped")
+
+    rng = np.random.default_rng(0)
+    B = args.batch
+    cases = []
+    if "groupnorm" in args.ops:
+        for (C, H, G, film) in [(48, 16, 8, False), (96, 16, 8, True), (192, 8, 8, True), (96, 4, 8, True)]:
+            x = rng.normal(size=(B, C, H, H)).astype(np.float32)
+            w, b = rng.normal(size=C).astype(np.float32), rng.normal(size=C).astype(np.float32)
+            sc = (0.3 * rng.normal(size=(B, C))).astype(np.float32) if film else None
+            sh = (0.3 * rng.normal(size=(B, C))).astype(np.float32) if film else None
+            g = rng.normal(size=x.shape).astype(np.float32)
+            arrs = [a for a in (x, w, b, sc, sh) if a is not None]
+
+            def jt_fn(fn, arrs=arrs, G=G, film=film, g=g):
+                v, jg = [jt.array(a) for a in arrs], jt.array(g)
+
+                def run():
+                    y = fn(v[0], G, v[1], v[2], 1e-5, *(v[3:5] if film else (None, None)), True)
+                    jt.sync(jt.grad((y * jg).sum(), v))
+                return run
+
+            def torch_fn(arrs=arrs, G=G, film=film, g=g):
+                v, tg = [torch.tensor(a, requires_grad=True) for a in arrs], torch.from_numpy(g)
+
+                def run():
+                    y = F.group_norm(v[0], G, v[1], v[2], 1e-5)
+                    if film:
+                        y = y * (1 + v[3][:, :, None, None]) + v[4][:, :, None, None]
+                    y = F.silu(y)
+                    torch.autograd.grad((y * tg).sum(), v)
+                return run
+            name = f"group_norm{'+FiLM' if film else ''}+SiLU [{B},{C},{H},{H}] G={G}"
+            cases.append((name, jt_fn(gn.group_norm_fused), jt_fn(gn.group_norm_reference),
+                          torch_fn() if torch else None))
+    if "attention" in args.ops:
+        for (N, M, label) in [(64, 64, "self 8px"), (64, 12, "cross 8px"), (16, 16, "self 4px")]:
+            q = rng.normal(size=(B, 4, N, 24)).astype(np.float32)
+            k = rng.normal(size=(B, 4, M, 24)).astype(np.float32)
+            v = rng.normal(size=(B, 4, M, 24)).astype(np.float32)
+            g = rng.normal(size=q.shape).astype(np.float32)
+
+            def jt_fn(fn, q=q, k=k, v=v, g=g):
+                t, jg = [jt.array(a) for a in (q, k, v)], jt.array(g)
+
+                def run():
+                    o = fn(*t)
+                    jt.sync(jt.grad((o * jg).sum(), t))
+                return run
+
+            def torch_fn(q=q, k=k, v=v, g=g):
+                t, tg = [torch.tensor(a, requires_grad=True) for a in (q, k, v)], torch.from_numpy(g)
+
+                def run():
+                    o = F.scaled_dot_product_attention(*t)
+                    torch.autograd.grad((o * tg).sum(), t)
+                return run
+            name = f"attention {label} q[{B},4,{N},24] k[{B},4,{M},24]"
+            cases.append((name, jt_fn(att.attention_fused), jt_fn(att.attention_reference),
+                          torch_fn() if torch else None))
+
+    print(f"threads={args.threads or 'all'} batch={B} repeats={args.repeats} jittor={jt.__version__}"
+          + (f" torch={torch.__version__}" if torch else ""))
+    print(f"{'op (fwd+bwd)':58s} {'fused ms':>9s} {'ref ms':>9s} {'torch ms':>9s} "
+          f"{'ref/fused':>9s} {'fused/torch':>11s} {'ref/torch':>9s}")
+    for name, fused, ref, tch in cases:
+        runs = [("fused", fused), ("ref", ref)] + ([("torch", tch)] if tch else [])
+        for _, fn in runs:  # warm-up: compile every shape once
+            fn()
+            fn()
+        times: dict[str, list[float]] = {k: [] for k, _ in runs}
+        for _ in range(args.repeats):
+            for key, fn in runs:
+                t0 = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        t_ms = med.get("torch", float("nan"))
+        print(f"{name:58s} {med['fused']:9.2f} {med['ref']:9.2f} {t_ms:9.2f} {med['ref'] / med['fused']:9.2f} "
+              f"{med['fused'] / t_ms:11.2f} {med['ref'] / t_ms:9.2f}")
+    gn._available(_build.device_key()), att._available(_build.device_key())
+    print("fused ops compiled:", _build.status())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
