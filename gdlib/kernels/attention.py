@@ -39,6 +39,8 @@ def _check_shapes(q, k, v) -> None:
             or q.shape[3] != k.shape[3]:
         raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} do not fit "
                          "(need q [B, H, Nq, d], k [B, H, Nk, d], v [B, H, Nk, dv])")
+    if k.shape[2] < 1 or q.shape[3] < 1:
+        raise ValueError(f"attention: need at least one key and a head size >= 1; got k {k.shape}")
 
 
 # ---------------------------------------------------------------------------------------------------------
