@@ -28,7 +28,7 @@ def pair(cls, **cfg):
     cfg.setdefault("beta_start", b0)
     cfg.setdefault("beta_end", b1)
     ours = NoiseSchedule(beta_schedule=sched, **cfg)
-    dkeys = {"beta_start", "beta_end", "prediction_type", "steps_offset", "timestep_spacing"}
+    dkeys = {"beta_start", "beta_end", "prediction_type", "steps_offset", "timestep_spacing", "sample_max_value"}
     dcfg = {k: v for k, v in cfg.items() if k in dkeys}
     if cls in (diffusers.DDIMScheduler, diffusers.DDPMScheduler):
         dcfg["clip_sample"] = cfg.get("clip_sample", False)
@@ -164,11 +164,9 @@ def test_ddim_and_ddpm_single_steps(beta_schedule, prediction, spacing):
 
 @pytest.mark.parametrize("mode", ["clip", "threshold"])
 def test_ddim_step_clip_and_dynamic_thresholding(mode):
-    flags = {"clip_sample": True} if mode == "clip" else {"thresholding": True}
+    flags = {"clip_sample": True} if mode == "clip" else {"thresholding": True, "sample_max_value": 1.5}
     ours, theirs = pair(diffusers.DDIMScheduler, prediction_type="sample", **flags)
-    if mode == "threshold":
-        ours.sample_max_value = theirs.config.sample_max_value = 1.5
-        theirs.register_to_config(sample_max_value=1.5)
+    assert theirs.config.sample_max_value == ours.sample_max_value
     theirs.set_timesteps(5)
     out, x = 2.0 * randn(6), randn(7)
     t = int(ours.timesteps(5)[1])
