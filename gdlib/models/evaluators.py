@@ -150,7 +150,8 @@ its pooled features are the style embedding). Both were trained on every style, 
 - ToyWorld data version: {card.get('data_version')}; training seed {card.get('train_seed')},
   {card.get('n_train_images')} images ({card.get('n_per_pair')} per style x object pair), {card.get('size')} px
 - recipe: Adam lr {card.get('lr')} with cosine decay, {card.get('steps')} steps of batch {card.get('batch')}
-- time: render {card.get('render_seconds')} s, train {card.get('train_seconds')} s on {card.get('machine', '?')}
+- time: render {card.get('render_seconds')} s, train {card.get('train_seconds')} s wall on {card.get('machine', '?')}
+  {('(' + card['note'] + ')') if card.get('note') else ''}
 
 ## Accuracy on a fresh seed ({r.get('seed')}, {r.get('n_images')} images never seen in training)
 content accuracy **{r.get('content_accuracy', float('nan')):.4f}**, style accuracy **{r.get('style_accuracy', float('nan')):.4f}**
@@ -244,7 +245,7 @@ def train_evaluators(seed: int = 0, n_per_pair: int = 24, steps: int = 400, batc
     opts = [jt.optim.Adam(net.parameters(), lr=lr) for net in nets]
     rng = np.random.default_rng(seed)
     order, pos = rng.permutation(n), 0
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     for step in range(steps):
         if pos + batch > n:
             order, pos = rng.permutation(n), 0
@@ -263,10 +264,11 @@ def train_evaluators(seed: int = 0, n_per_pair: int = 24, steps: int = 400, batc
         if log and (step % log_every == 0 or step == steps - 1):
             log(f"step {step:5d}/{steps}  loss content {losses[0]:.3f}  style {losses[1]:.3f}  "
                 f"{time.perf_counter() - t1:.0f}s")
-    t_train = time.perf_counter() - t1
+    t_train, c_train = time.perf_counter() - t1, time.process_time() - c1
     card = {"data_version": toyworld.DATA_VERSION, "train_seed": seed, "n_per_pair": n_per_pair,
             "n_train_images": n, "steps": steps, "batch": batch, "lr": lr, "width": width, "feat_dim": feat_dim,
-            "render_seconds": round(t_data, 1), "train_seconds": round(t_train, 1)}
+            "render_seconds": round(t_data, 1), "train_seconds": round(t_train, 1),
+            "train_cpu_seconds": round(c_train, 1)}
     ev = Evaluators(nets[0], nets[1], list(toyworld.OBJECTS), list(toyworld.STYLES), size, card)
     t2 = time.perf_counter()
     ev.card["fresh_seed_eval"] = evaluate(ev, eval_seed, eval_n_per_pair)
@@ -293,7 +295,7 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     ev = train_evaluators(seed=a.seed, n_per_pair=a.n_per_pair, steps=a.steps, batch=a.batch, lr=a.lr,
                           width=a.width, eval_seed=a.eval_seed)
-    ev.card["command"] = "gdlib train-evaluators " + " ".join(shlex.quote(x) for x in argv)
+    ev.card["command"] = " ".join(["gdlib train-evaluators"] + [shlex.quote(x) for x in argv])
     ev.card["machine"] = f"{platform.machine()}, {os.cpu_count()} logical CPUs, backend " \
                          f"{'cuda' if jt.flags.use_cuda else 'cpu'}"
     out = save_evaluators(ev, a.out)

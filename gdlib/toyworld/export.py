@@ -60,7 +60,7 @@ def oracle_predictions(ref: str | Path, out: str | Path, seed: int = 1, shuffle_
     written = {}
     for sid, meta in sorted(manifest["sets"].items()):
         prompts = imageio.read_prompts(ref / sid / "prompt.json")
-        words = [w for _, w in sorted(prompts.items(), key=lambda kv: kv[0])]
+        words = [w for _, w in sorted(prompts.items(), key=lambda kv: (len(kv[0]), kv[0]))]
         bad = [w for w in words if w not in OBJECTS]
         if bad:
             raise ValueError(f"{ref / sid}/prompt.json asks for {bad}, which ToyWorld cannot draw")
@@ -70,6 +70,19 @@ def oracle_predictions(ref: str | Path, out: str | Path, seed: int = 1, shuffle_
         imageio.save_images(Path(out) / sid, imgs, names)
         written[sid] = names
     return written
+
+
+def save_grid_figure(out: str | Path, seed: int = 0, size: int = DEFAULT_SIZE) -> Path:
+    """Every style x every object at `size` px in one labelled PNG (held-out styles starred)."""
+    from gdlib import plot
+    from . import grid
+
+    fig = plot.style_object_grid(grid(seed=seed, size=size), STYLES, OBJECTS, heldout=HELDOUT_STYLES,
+                                 title=f"ToyWorld v{DATA_VERSION} at {size} px, seed {seed} (* held out)")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -91,9 +104,16 @@ def main(argv: list[str]) -> int:
     o.add_argument("--seed", type=int, default=1)
     o.add_argument("--shuffle-labels", action="store_true", help="permute file names (control: chance content)")
     o.add_argument("--size", type=int, default=DEFAULT_SIZE)
+    g = sub.add_parser("grid", help="save a style x object picture (one instance per object) as PNG")
+    g.add_argument("--out", required=True, help="output .png file")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--size", type=int, default=DEFAULT_SIZE)
     a = p.parse_args(argv)
     try:
-        if a.cmd == "export":
+        if a.cmd == "grid":
+            save_grid_figure(a.out, a.seed, a.size)
+            print(f"wrote {a.out}")
+        elif a.cmd == "export":
             m = export_challenge(a.out, a.styles, a.seed, a.per_style, a.size)
             for sid, s in m["sets"].items():
                 print(f"{a.out}/{sid}: {s['style']:<11} {s['category']:<9} {', '.join(s['objects'])}")
