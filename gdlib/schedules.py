@@ -18,6 +18,12 @@ TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
+def _jt():
+    """Jittor, imported through gdlib.runtime (never directly)."""
+    from . import runtime
+    return runtime.setup_jittor()
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     """Raise a ValueError naming the valid choices."""
     if value not in choices:
@@ -61,11 +67,10 @@ def _bcast(coef, like):
     c = np.asarray(coef, dtype=np.float64)
     if c.ndim == 0:
         return float(c)
-    c = c.reshape((-1,) + (1,) * (len(like.shape) - 1)).astype(np.float32)
+    c = c.reshape((-1,) + (1,) * (len(like.shape) - 1))
     if isinstance(like, np.ndarray):
-        return c
-    import jittor as jt
-    return jt.array(c)
+        return c if like.dtype == np.float64 else c.astype(np.float32)
+    return _jt().array(c.astype(np.float32))
 
 
 def _check_same_shape(a, b, what: str) -> None:
@@ -218,19 +223,30 @@ class NoiseSchedule:
             raise ValueError(f"timesteps must lie in [0, {self.num_train_timesteps - 1}], got {t_arr}")
         return self.alphas_cumprod[t_arr.astype(np.int64)]
 
+    def _abar_any(self, t, ndim: int):
+        """abar for an int timestep (-1 -> final_alpha_cumprod) or one per sample (1-D array / jt.Var)."""
+        if isinstance(t, (int, np.integer)) or (isinstance(t, np.ndarray) and t.ndim == 0):
+            return self.abar(t)
+        return self._abar_of(t, ndim)
+
     def to_x0_eps(self, model_output, x_t, t, abar: float | None = None):
         """(x0_hat, eps_hat) from the model output in self.prediction_type; x0_hat is Tweedie's E[x0|x_t]."""
         return prediction_to_x0_eps(self.prediction_type, model_output, x_t,
-                                    self.abar(t) if abar is None else abar)
+                                    self._abar_any(t, len(x_t.shape)) if abar is None else abar)
 
     def from_x0_eps(self, x0, eps, x_t, t):
         """The model output (in self.prediction_type) that a perfect model returns given x0 and eps."""
-        abar = self.abar(t)
+        return self.training_target(x0, eps, t)
+
+    def training_target(self, x0, eps, t):
+        """What the model learns to output at x_t = add_noise(x0, eps, t): eps, x0, or v (per prediction_type)."""
+        _check_same_shape(x0, eps, "training_target(x0, eps)")
         if self.prediction_type == "epsilon":
             return eps
         if self.prediction_type == "sample":
             return x0
-        return math.sqrt(abar) * eps - math.sqrt(1 - abar) * x0
+        abar = self._abar_any(t, len(x0.shape))
+        return _bcast(np.sqrt(abar), x0) * eps - _bcast(np.sqrt(1 - abar), x0) * x0
 
     def process_x0(self, x0):
         """Dynamic thresholding (Saharia et al. 2022) or clip to [-r, r], as configured; else unchanged."""
@@ -241,11 +257,11 @@ class NoiseSchedule:
         return x0
 
 
-def prediction_to_x0_eps(prediction_type: str, model_output, x_t, abar: float):
-    """Convert an epsilon / v / sample prediction at noise level abar into (x0_hat, eps_hat) (spec table)."""
+def prediction_to_x0_eps(prediction_type: str, model_output, x_t, abar):
+    """Convert an epsilon / v / sample prediction at noise level abar (scalar or one per sample) into (x0_hat, eps_hat)."""
     _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
     _check_same_shape(model_output, x_t, "model_output vs x_t")
-    a, s = math.sqrt(abar), math.sqrt(1.0 - abar)
+    a, s = _bcast(np.sqrt(abar), x_t), _bcast(np.sqrt(1.0 - np.asarray(abar, dtype=np.float64)), x_t)
     if prediction_type == "epsilon":
         return (x_t - s * model_output) / a, model_output
     if prediction_type == "sample":
@@ -282,8 +298,7 @@ def dynamic_threshold(x0, ratio: float = 0.995, max_value: float = 1.0):
     out = (np.clip(flat, -s, s) / s).reshape(a.shape).astype(a.dtype)
     if is_np:
         return out
-    import jittor as jt
-    return jt.array(out)
+    return _jt().array(out)
 
 
 def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> np.ndarray:
