@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import runtime
-from .schedules import NoiseSchedule, prediction_to_x0_eps
+from .schedules import NoiseSchedule, get_sigmas_karras  # noqa: F401  (re-exported: k-diffusion-style API)
 
 Callback = Callable[[dict[str, Any]], None]
 NoiseFn = Callable[[tuple], Any]
@@ -49,7 +49,7 @@ def _check_eta(eta: float) -> None:
         raise ValueError(f"eta must be a finite number >= 0 (0 = deterministic), got {eta}")
 
 
-def _model_out(model, x, t, schedule: NoiseSchedule | None = None):
+def _model_out(model, x, t):
     """Call the model and check its output shape."""
     out = _as_var(model(x, t))
     if tuple(out.shape) != tuple(x.shape):
