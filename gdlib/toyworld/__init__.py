@@ -72,19 +72,23 @@ def coverage(obj: str, rng: np.random.Generator, size: int = DEFAULT_SIZE) -> tu
     drawer, palettes = OBJECT_SPECS[obj]
     parts = drawer(rng)
     colors = np.asarray(palettes[int(rng.integers(len(palettes)))], np.float64) / 255.0
-    colors = np.clip(colors * rng.uniform(0.85, 1.1) + rng.normal(0.0, 0.03, (3, 3)), 0.0, 1.0)
+    colors = np.minimum(np.maximum(colors * rng.uniform(0.85, 1.1) + rng.normal(0.0, 0.03, (3, 3)), 0.0), 1.0)
     scale = rng.uniform(0.7, 0.92)
     theta = rng.uniform(-0.25, 0.25)
     flip = -1.0 if rng.random() < 0.5 else 1.0
     shift = rng.uniform(-0.1, 0.1, 2)
     c, s = np.cos(theta), np.sin(theta)
-    rot = np.array([[c, -s], [s, c]]) * scale
     big = size * _SUPERSAMPLE
+    # one affine map for all parts: flip x, rotate, scale, shift, then to supersampled pixels
+    a = np.array([[c * flip, s * flip], [-s, c]]) * (scale * 0.5 * big)
+    b = (shift + 1.0) * (0.5 * big)
+    pts = np.concatenate([q for _, q in parts]) @ a + b
     canvas = Image.new("L", (big, big), 0)
     draw = ImageDraw.Draw(canvas)
-    for label, pts in parts:
-        p = (pts * np.array([flip, 1.0])) @ rot.T + shift
-        draw.polygon(((p + 1.0) * (0.5 * big)).ravel().tolist(), fill=label)
+    start = 0
+    for label, q in parts:
+        draw.polygon(pts[start:start + len(q)].ravel().tolist(), fill=label)
+        start += len(q)
     counts = np.bincount((_block_index(size) + np.asarray(canvas)).ravel(), minlength=size * size * 4)
     cov = counts.reshape(size, size, 4)[..., 1:].transpose(2, 0, 1) / float(_SUPERSAMPLE ** 2)
     return cov.astype(np.float32), colors
@@ -112,7 +116,7 @@ def render(obj: str, style: str, seed: int, size: int = DEFAULT_SIZE) -> np.ndar
     oi, si = OBJECTS.index(obj), STYLES.index(style)
     cov, colors = coverage(obj, np.random.default_rng([seed, oi, 1_000_003]), size)
     img = STYLE_FNS[style](cov, colors, np.random.default_rng([seed, oi, si]))
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return (np.minimum(np.maximum(img, 0.0), 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def to_float(images_uint8: np.ndarray) -> np.ndarray:

@@ -15,10 +15,17 @@ Part = tuple[int, np.ndarray]
 
 def ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 20, rot: float = 0.0) -> np.ndarray:
     """Polygon approximating an ellipse, optionally rotated by rot radians."""
-    t = np.linspace(0.0, 2.0 * np.pi, n, endpoint=False)
-    x, y = rx * np.cos(t), ry * np.sin(t)
-    c, s = np.cos(rot), np.sin(rot)
-    return np.stack([cx + c * x - s * y, cy + s * x + c * y], axis=1)
+    if n not in _UNIT:
+        t = np.linspace(0.0, 2.0 * np.pi, n, endpoint=False)
+        _UNIT[n] = np.stack([np.cos(t), np.sin(t)], axis=1)
+    p = _UNIT[n] * (rx, ry)
+    if rot:
+        c, s = np.cos(rot), np.sin(rot)
+        p = p @ np.array([[c, s], [-s, c]])
+    return p + (cx, cy)
+
+
+_UNIT: dict[int, np.ndarray] = {}
 
 
 def rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:

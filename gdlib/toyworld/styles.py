@@ -15,7 +15,9 @@ StyleFn = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
 
 # ---------------------------------------------------------------- small image operators
 def _pad(a: np.ndarray, v: float = 0.0) -> np.ndarray:
-    return np.pad(a, ((1, 1), (1, 1)), constant_values=v)
+    p = np.full((a.shape[0] + 2, a.shape[1] + 2), v, dtype=a.dtype)
+    p[1:-1, 1:-1] = a
+    return p
 
 
 def dilate(m: np.ndarray) -> np.ndarray:
@@ -32,21 +34,21 @@ def erode(m: np.ndarray) -> np.ndarray:
 
 def outline(m: np.ndarray) -> np.ndarray:
     """A line about 2 px wide along the silhouette of coverage m."""
-    return np.clip(dilate(m) - erode(m), 0.0, 1.0)
+    return _clip(dilate(m) - erode(m), 0.0, 1.0)
 
 
 def inner_line(m: np.ndarray) -> np.ndarray:
     """A line about 1 px wide just inside the silhouette of m."""
-    return np.clip(m - erode(m), 0.0, 1.0)
+    return _clip(m - erode(m), 0.0, 1.0)
 
 
 def blur(a: np.ndarray, n: int = 1) -> np.ndarray:
     """Separable [1, 2, 1]/4 blur applied n times (edge padding); works on [H, W] or [H, W, C]."""
     for _ in range(n):
-        p = np.pad(a, ((1, 1), (0, 0)) + ((0, 0),) * (a.ndim - 2), mode="edge")
-        a = 0.25 * p[:-2] + 0.5 * p[1:-1] + 0.25 * p[2:]
-        p = np.pad(a, ((0, 0), (1, 1)) + ((0, 0),) * (a.ndim - 2), mode="edge")
-        a = 0.25 * p[:, :-2] + 0.5 * p[:, 1:-1] + 0.25 * p[:, 2:]
+        p = np.concatenate([a[:1], a, a[-1:]], axis=0)
+        a = 0.25 * (p[:-2] + p[2:]) + 0.5 * a
+        p = np.concatenate([a[:, :1], a, a[:, -1:]], axis=1)
+        a = 0.25 * (p[:, :-2] + p[:, 2:]) + 0.5 * a
     return a
 
 
@@ -58,14 +60,25 @@ def smooth_noise(rng: np.random.Generator, size: int, cells: int = 4) -> np.ndar
     return np.asarray(g.resize((size, size), Image.BICUBIC), dtype=np.float64).clip(0.0, 1.0)
 
 
+_GRIDS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.mgrid[0:size, 0:size]
+    """Cached (y, x) integer coordinate grids."""
+    if size not in _GRIDS:
+        _GRIDS[size] = tuple(np.mgrid[0:size, 0:size])
+    return _GRIDS[size]
+
+
+def _clip(a, lo: float = 0.0, hi: float = 1.0):
+    """np.clip without its Python-level overhead (this code runs on tiny arrays)."""
+    return np.minimum(np.maximum(a, lo), hi)
 
 
 def _fill(cov: np.ndarray, colors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Object colour image (premultiplied by coverage) and total coverage m."""
-    obj = np.einsum("khw,kc->hwc", cov, colors)
-    return obj, np.clip(cov.sum(0), 0.0, 1.0)
+    obj = cov.transpose(1, 2, 0) @ colors
+    return obj, _clip(cov.sum(0), 0.0, 1.0)
 
 
 def _over(bg: np.ndarray, obj: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -99,8 +112,8 @@ def flat(cov, colors, rng):
 def ink(cov, colors, rng):
     """Black ink contour drawing on white paper; parts outlined too."""
     size = cov.shape[1]
-    m = np.clip(cov.sum(0), 0, 1)
-    line = np.clip(inner_line(m) * 1.2 + 0.7 * inner_line(cov[1]) + 0.9 * cov[2] * (1 - erode(cov[2]) * 0.6), 0, 1)
+    m = _clip(cov.sum(0), 0, 1)
+    line = _clip(inner_line(m) * 1.2 + 0.7 * inner_line(cov[1]) + 0.9 * cov[2] * (1 - erode(cov[2]) * 0.6), 0, 1)
     paper = 0.96 + 0.02 * rng.random() - 0.015 * rng.random((size, size))
     g = paper * (1 - line) + 0.05 * line
     return np.repeat(g[..., None], 3, axis=2)
@@ -120,7 +133,7 @@ def pixel(cov, colors, rng):
     img[m] = pal[lab[m]]
     ring = (dilate(m.astype(float)) > 0) & ~m
     img[ring] = 0.1
-    out = np.kron(img, np.ones((b, b, 1)))
+    out = img.repeat(b, axis=0).repeat(b, axis=1)
     return np.pad(out, ((0, size - out.shape[0]), (0, size - out.shape[1]), (0, 0)), mode="edge")
 
 
@@ -142,8 +155,8 @@ def neon(cov, colors, rng):
     size = cov.shape[1]
     tubes = np.array([[0.1, 1.0, 1.0], [1.0, 0.2, 0.9], [0.4, 1.0, 0.2], [1.0, 0.6, 0.1]])
     col = tubes[rng.integers(len(tubes))]
-    m = np.clip(cov.sum(0), 0, 1)
-    line = np.clip(inner_line(m) + 0.6 * inner_line(cov[1] + cov[2]), 0, 1)
+    m = _clip(cov.sum(0), 0, 1)
+    line = _clip(inner_line(m) + 0.6 * inner_line(cov[1] + cov[2]), 0, 1)
     glow = blur(line, 2)
     bg = np.array([0.04, 0.02, 0.09])
     img = bg + 1.3 * glow[..., None] * col + line[..., None] * (0.5 * col + 0.5)
@@ -154,11 +167,11 @@ def sketch(cov, colors, rng):
     """Pencil sketch: grey contour with diagonal hatching, cross-hatched parts."""
     size = cov.shape[1]
     y, x = _grid(size)
-    m = np.clip(cov.sum(0), 0, 1)
+    m = _clip(cov.sum(0), 0, 1)
     off = rng.integers(4)
     hatch = ((x + y + off) % 4 == 0).astype(float)
     cross = ((x - y + off) % 4 == 0).astype(float)
-    dark = np.clip(0.55 * hatch * m + 0.55 * cross * (cov[1] + cov[2]) + 0.8 * inner_line(m), 0, 1)
+    dark = _clip(0.55 * hatch * m + 0.55 * cross * (cov[1] + cov[2]) + 0.8 * inner_line(m), 0, 1)
     paper = 0.95 - 0.04 * rng.random((size, size))
     g = paper * (1 - dark) + 0.25 * dark
     return np.repeat(g[..., None], 3, axis=2)
@@ -196,7 +209,7 @@ def pop(cov, colors, rng):
     bgs = np.array([[1.0, 0.85, 0.1], [1.0, 0.45, 0.7], [0.2, 0.8, 0.95]])
     obj, m = _fill(cov, _saturate(colors))
     img = _over(_solid(size, bgs[rng.integers(len(bgs))]), obj, m)
-    line = np.clip(outline(m) + 0.8 * inner_line(cov[1] + cov[2]), 0, 1)[..., None]
+    line = _clip(outline(m) + 0.8 * inner_line(cov[1] + cov[2]), 0, 1)[..., None]
     return img * (1 - line)
 
 
@@ -204,7 +217,7 @@ def chalk(cov, colors, rng):
     """Chalk on a green board: broken white strokes and sparse pale stipple."""
     size = cov.shape[1]
     board = np.array([0.12, 0.26, 0.18]) + 0.05 * (rng.random((size, size, 1)) - 0.5)
-    m = np.clip(cov.sum(0), 0, 1)
+    m = _clip(cov.sum(0), 0, 1)
     stroke = inner_line(m) * (rng.random((size, size)) > 0.2)
     stip = m * (rng.random((size, size)) > 0.6)
     pale = 0.5 * colors[cov.argmax(0)] + 0.5
@@ -221,7 +234,7 @@ def sunset(cov, colors, rng):
     sx = (0.13 if rng.random() < 0.5 else 0.87) * size
     sun = ((x - sx) ** 2 + (y - 0.7 * size) ** 2) < (0.12 * size) ** 2
     sky[sun] = [1.0, 0.9, 0.5]
-    m = np.clip(cov.sum(0), 0, 1)[..., None]
+    m = _clip(cov.sum(0), 0, 1)[..., None]
     return sky * (1 - m) + m * np.array([0.06, 0.03, 0.06])
 
 
@@ -233,7 +246,7 @@ def sepia(cov, colors, rng):
     g = _lum(img) * (1 - 0.3 * inner_line(m)) + 0.07 * (rng.random((size, size)) - 0.5)
     y, x = _grid(size)
     r2 = ((y - size / 2) ** 2 + (x - size / 2) ** 2) / (size / 2) ** 2
-    g = g * (1 - 0.35 * np.clip(r2 - 0.3, 0, 1))
+    g = g * (1 - 0.35 * _clip(r2 - 0.3, 0, 1))
     return g[..., None] * np.array([1.0, 0.8, 0.58]) + np.array([0.08, 0.05, 0.0])
 
 
@@ -245,7 +258,7 @@ def watercolor(cov, colors, rng):
     col = blur(np.where(m[..., None] > 0.05, col, colors[0]), 1)
     soft = blur(m, 1)
     a = soft * (0.45 + 0.55 * smooth_noise(rng, size, 5))
-    a = np.clip(a + 0.45 * blur(inner_line(m), 1) * soft, 0, 1)[..., None]
+    a = _clip(a + 0.45 * blur(inner_line(m), 1) * soft, 0, 1)[..., None]
     paper = 0.98 - 0.06 * smooth_noise(rng, size, 9)[..., None] * np.array([1.0, 1.0, 1.3])
     pigment = col * (0.9 - 0.25 * a)
     return paper * (1 - a) + a * pigment
@@ -257,8 +270,8 @@ def mosaic(cov, colors, rng):
     t = 4
     y, x = _grid(size)
     n = -(-size // t)
-    jit = np.kron(rng.uniform(0.82, 1.12, (n, n, 1)) + rng.uniform(-0.05, 0.05, (n, n, 3)),
-                  np.ones((t, t, 1)))[:size, :size]
+    jit = (rng.uniform(0.82, 1.12, (n, n, 1)) + rng.uniform(-0.05, 0.05, (n, n, 3)))
+    jit = jit.repeat(t, axis=0).repeat(t, axis=1)[:size, :size]
     bgs = np.array([[0.92, 0.86, 0.7], [0.7, 0.85, 0.9], [0.95, 0.75, 0.6]])
     obj, m = _fill(cov, 0.85 * _saturate(colors) + 0.15 * colors)
     img = _over(_solid(size, bgs[rng.integers(len(bgs))]), obj, m) * jit
@@ -273,8 +286,8 @@ def blueprint(cov, colors, rng):
     g = max(4, size // 4)
     grid = ((y % g == 0) | (x % g == 0)).astype(float)[..., None]
     bg = np.array([0.1, 0.3, 0.65]) * (1 - grid) + grid * np.array([0.22, 0.45, 0.8])
-    m = np.clip(cov.sum(0), 0, 1)
-    line = np.clip(inner_line(m) + 0.7 * inner_line(cov[1] + cov[2]), 0, 1)[..., None]
+    m = _clip(cov.sum(0), 0, 1)
+    line = _clip(inner_line(m) + 0.7 * inner_line(cov[1] + cov[2]), 0, 1)[..., None]
     img = bg * (1 - 0.15 * m[..., None]) + 0.15 * m[..., None]
     return img * (1 - line) + line * 0.97
 
