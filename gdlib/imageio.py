@@ -167,3 +167,24 @@ def save_style_set(root: str | Path, sid: str, images: np.ndarray, objects: list
     save_images(d / "images", images, objects)
     (d / "prompt.json").write_text(json.dumps(prompts, indent=1) + "\n")
     return d
+
+
+def import_folder(folder: str | Path, root: str | Path, sid: str | None = None, prompts: list[str] | None = None,
+                  size: int = 32) -> Path:
+    """Copy a user's folder of images ({object}.{any ext}, any size/mode) into the challenge layout as
+    {root}/{sid}/images/{object}.png at size px, with prompt.json listing `prompts` (default: every ToyWorld
+    object not among the images). sid defaults to the next free two-digit id. Returns the style folder."""
+    root = Path(root)
+    f = load_image_folder(folder, size)
+    if prompts is None:
+        from gdlib.toyworld import OBJECTS
+        prompts = [o for o in OBJECTS if o not in f["objects"]]
+    bad = [w for w in prompts if not WORD_RE.match(w)]
+    if bad or not prompts:
+        raise ValueError(f"prompts must be a non-empty list of single words, got {prompts}")
+    if sid is None:
+        taken = {p.name for p in root.iterdir()} if root.is_dir() else set()
+        sid = next(f"{i:02d}" for i in range(100) if f"{i:02d}" not in taken)
+    if (root / sid).exists():
+        raise ValueError(f"{root / sid} already exists; choose another id or remove it")
+    return save_style_set(root, sid, f["images"], f["objects"], {str(i): w.lower() for i, w in enumerate(prompts)})

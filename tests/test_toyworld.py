@@ -190,3 +190,35 @@ def test_cli_export(tmp_path, capsys):
     assert [len(s.objects) for s in sets] == [2, 2]
     assert main(["toyworld", "export", "--out", str(tmp_path / "p"), "--styles", "cubism"]) == 2
     assert "unknown ToyWorld style" in capsys.readouterr().out
+
+
+def test_import_user_folder_into_challenge_layout(tmp_path):
+    src = tmp_path / "photos"
+    src.mkdir()
+    Image.new("RGB", (300, 200), (200, 30, 30)).save(src / "Apple.JPG")
+    Image.new("L", (64, 90), 128).save(src / "pear.png")
+    d = imageio.import_folder(src, tmp_path / "root")
+    assert d.name == "00"
+    s = imageio.load_challenge(tmp_path / "root")[0]
+    assert s.objects == ["apple", "pear"] and s.images.shape == (2, 3, 32, 32)
+    assert "apple" not in s.prompts.values() and "cat" in s.prompts.values()
+    assert np.allclose(s.images[0, :, 16, 16], np.array([200, 30, 30]) / 127.5 - 1, atol=0.05)  # JPEG is lossy
+    assert imageio.import_folder(src, tmp_path / "root", prompts=["cat", "boat"]).name == "01"
+    with pytest.raises(ValueError, match="already exists"):
+        imageio.import_folder(src, tmp_path / "root", sid="00")
+    with pytest.raises(ValueError, match="single words"):
+        imageio.import_folder(src, tmp_path / "root", prompts=["red car"])
+
+
+def test_cli_grid_and_import(tmp_path, capsys):
+    from gdlib.cli import main
+    from gdlib import plot
+
+    assert main(["toyworld", "grid", "--out", str(tmp_path / "g.png"), "--seed", "1"]) == 0
+    assert Image.open(tmp_path / "g.png").size[0] > 300
+    with pytest.raises(ValueError, match="style_object_grid"):
+        plot.style_object_grid(np.zeros((2, 3, 8, 8, 3), np.uint8), ["a"], ["b"])
+    src = tmp_path / "src"
+    src.mkdir()
+    assert main(["toyworld", "import", "--images", str(src), "--out", str(tmp_path / "r")]) == 2
+    assert "no images" in capsys.readouterr().out

@@ -104,6 +104,12 @@ def main(argv: list[str]) -> int:
     o.add_argument("--seed", type=int, default=1)
     o.add_argument("--shuffle-labels", action="store_true", help="permute file names (control: chance content)")
     o.add_argument("--size", type=int, default=DEFAULT_SIZE)
+    im = sub.add_parser("import", help="copy your own images ({object}.jpg/png, any size) into the challenge layout")
+    im.add_argument("--images", required=True, help="folder of images named after their object")
+    im.add_argument("--out", required=True, help="challenge root; the set goes to {out}/NN")
+    im.add_argument("--id", default=None, help="two-digit set id (default: next free)")
+    im.add_argument("--prompts", nargs="+", default=None, help="objects to generate (default: ToyWorld objects)")
+    im.add_argument("--size", type=int, default=DEFAULT_SIZE)
     g = sub.add_parser("grid", help="save a style x object picture (one instance per object) as PNG")
     g.add_argument("--out", required=True, help="output .png file")
     g.add_argument("--seed", type=int, default=0)
@@ -113,6 +119,9 @@ def main(argv: list[str]) -> int:
         if a.cmd == "grid":
             save_grid_figure(a.out, a.seed, a.size)
             print(f"wrote {a.out}")
+        elif a.cmd == "import":
+            d = imageio.import_folder(a.images, a.out, a.id, a.prompts, a.size)
+            print(f"wrote {d} ({len(list((d / 'images').glob('*.png')))} images)")
         elif a.cmd == "export":
             m = export_challenge(a.out, a.styles, a.seed, a.per_style, a.size)
             for sid, s in m["sets"].items():
