@@ -183,3 +183,29 @@ def tweedie_arrows(x_t, x0_hat, exact, title: str | None = None, ax=None, lim: f
     if fig is not None:
         fig.tight_layout()
     return fig if fig is not None else ax.figure
+
+
+def dm_dd_scatter(points: dict[str, dict], slopes: dict[str, tuple[float, float]] | None = None,
+                  title: str | None = None):
+    """DoRA paper's figure: dD (x) vs dM (y) per method, points coloured by step, fitted lines (Liu et al. 2024, Fig. 2).
+
+    points: {method: gdlib.adapters.dm_dd_points(...)}; slopes: {method: (a, b)} from gdlib.adapters.fit_slope.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(points), figsize=(3.6 * len(points), 3.2), squeeze=False)
+    for ax, (method, p) in zip(axes[0], points.items()):
+        sc = ax.scatter(p["dD"], p["dM"], c=p["step"], cmap="viridis", s=14)
+        if slopes and method in slopes:
+            a, b = slopes[method]
+            xs = np.linspace(float(np.min(p["dD"])), float(np.max(p["dD"])), 20)
+            ax.plot(xs, a * xs + b, "r-", lw=1.2, label=f"slope {a:+.3g}")
+            ax.legend(fontsize=8)
+        ax.set_title(method, fontsize=10)
+        ax.set_xlabel("ΔD (direction)")
+        ax.set_ylabel("ΔM (magnitude)")
+        fig.colorbar(sc, ax=ax, label="step")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

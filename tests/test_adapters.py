@@ -363,3 +363,35 @@ def test_fused_dora_scale_matches_reference(shape):
     gm_ref = jt.grad((g_ref * rr).sum(), mag)
     np.testing.assert_allclose(gm_fused.numpy(), gm_ref.numpy(), rtol=1e-6)
     assert np.all(ga_fused.numpy() == 0)  # detached norm: nothing flows into A through g
+
+
+def test_dm_dd_points_and_scatter_on_a_short_training():
+    """dM/dD rows per (checkpoint, layer) from a real (tiny) DoRA run; the figure draws one panel per method."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from gdlib import plot
+
+    m = Block()
+    adapters.inject(m, targets=("to_q", "to_v"), kind="dora")
+    names = ["to_q", "to_v"]
+    w0 = adapters.layer_weights(m, names)
+    assert set(adapters.layer_weights(m)) == {"to_q", "to_k", "to_v", "to_out.0", "conv"}  # plain layers too
+    opt = jt.optim.AdamW(adapters.trainable_parameters(m), lr=5e-2)
+    x, img = _inputs()
+    snaps = {}
+    for step in range(1, 4):
+        opt.step((m(x, img)[0] ** 2).mean())
+        snaps[step] = adapters.layer_weights(m, names)
+    pts = adapters.dm_dd_points(snaps, w0)
+    assert list(pts["step"]) == [1, 1, 2, 2, 3, 3] and set(pts["layer"]) == {"to_q", "to_v"}
+    assert np.all(pts["dD"] > 0) and np.all(pts["dM"] > 0)
+    i = list(zip(pts["step"], pts["layer"])).index((3, "to_q"))
+    dm, dd = adapters.delta_m_delta_d(snaps[3]["to_q"], w0["to_q"])
+    assert (pts["dM"][i], pts["dD"][i]) == (dm, dd)
+    # DoRA: ||W'_n|| = |m_n|, so dM is exactly the magnitude vector's mean move
+    mag = adapters.adapted_layers(m)["to_q"].magnitude.numpy()
+    assert dm == pytest.approx(np.abs(np.abs(mag) - np.linalg.norm(w0["to_q"], axis=1)).mean(), rel=1e-4)
+    fig = plot.dm_dd_scatter({"DoRA": pts}, {"DoRA": adapters.fit_slope(pts["dD"], pts["dM"])})
+    assert len(fig.axes) == 2  # the panel and its colour bar
+    with pytest.raises(ValueError, match="no pretrained weight"):
+        adapters.dm_dd_points(snaps, {"to_q": w0["to_q"]})

@@ -13,10 +13,10 @@ from .layers import KINDS, INITS, AdapterLayer, AdaptedLinear, AdaptedConv2d
 from .inject import (DEFAULT_TARGETS, inject, adapted_layers, trainable_parameters, parameter_counts, set_enabled,
                      set_scale, merge, unmerge, merge_and_unload, unload)
 from .io import base_fingerprint, adapter_state_dict, adapter_config, save_adapter, read_adapter, load_adapter
-from .decomposition import magnitude_direction, delta_m_delta_d, fit_slope, layer_weights
+from .decomposition import magnitude_direction, delta_m_delta_d, fit_slope, layer_weights, dm_dd_points
 
 __all__ = ["KINDS", "INITS", "AdapterLayer", "AdaptedLinear", "AdaptedConv2d", "DEFAULT_TARGETS", "inject",
            "adapted_layers", "trainable_parameters", "parameter_counts", "set_enabled", "set_scale", "merge",
            "unmerge", "merge_and_unload", "unload", "base_fingerprint", "adapter_state_dict", "adapter_config",
            "save_adapter", "read_adapter", "load_adapter", "magnitude_direction", "delta_m_delta_d", "fit_slope",
-           "layer_weights"]
+           "layer_weights", "dm_dd_points"]

@@ -63,3 +63,23 @@ def layer_weights(model, names: Iterable[str] | None = None) -> dict[str, np.nda
     if wanted is not None and set(out) != wanted:
         raise ValueError(f"layer_weights(): no Linear/Conv2d/adapter named {sorted(wanted - set(out))}")
     return out
+
+
+def dm_dd_points(snapshots: dict[int, dict[str, np.ndarray]], weights_0: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The paper's scatter data: one (step, layer, dM, dD) row per checkpoint and layer, as column arrays.
+
+    snapshots: {step: {layer: W_t}} (e.g. layer_weights(model) at each checkpoint); weights_0: {layer: W0}.
+    """
+    steps, layers, dms, dds = [], [], [], []
+    for step in sorted(snapshots):
+        for name in sorted(snapshots[step]):
+            if name not in weights_0:
+                raise ValueError(f"dm_dd_points(): no pretrained weight for layer {name!r}")
+            dm, dd = delta_m_delta_d(snapshots[step][name], weights_0[name])
+            steps.append(step)
+            layers.append(name)
+            dms.append(dm)
+            dds.append(dd)
+    if not steps:
+        raise ValueError("dm_dd_points(): no snapshots given")
+    return {"step": np.asarray(steps), "layer": np.asarray(layers), "dM": np.asarray(dms), "dD": np.asarray(dds)}

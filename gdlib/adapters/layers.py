@@ -16,10 +16,11 @@ from .. import runtime
 jt = runtime.setup_jittor()
 from jittor import nn  # noqa: E402
 
-from ..kernels.dora import dora_scale  # noqa: E402
+from ..kernels.dora import dora_scale, dora_scale_reference  # noqa: E402
 
 KINDS = ("lora", "dora", "seed_dora")
 INITS = ("kaiming", "gaussian", "small_randn")
+FUSED_NORM_DEFAULT = True
 
 
 def _np_init(rng: np.random.Generator, shape: tuple[int, ...], init: str, fan_in: int, rank: int) -> np.ndarray:
@@ -53,6 +54,7 @@ class AdapterLayer(nn.Module):
         self.base_scaling = self.alpha / (math.sqrt(rank) if rslora else rank)
         self.scaling = self.base_scaling
         self.detach_norm = bool(detach_norm)
+        self.fused_norm = FUSED_NORM_DEFAULT  # gdlib.kernels' fused g = m / ||W0 + sBA|| (see bench/adapters.py)
         self.dropout_p = float(dropout)
         self.lora_dropout = nn.Dropout(dropout, is_train=True)
         self.enabled, self.merged = True, False
@@ -92,8 +94,8 @@ class AdapterLayer(nn.Module):
 
     def dora_scale(self) -> "jt.Var":
         """g = m / ||W0 + s B A|| per output unit ([out]; Eq. 5 of Liu et al. 2024), norm detached by default."""
-        return dora_scale(self.base.weight, self.lora_A, self.lora_B, self.magnitude, self.scaling,
-                          self.detach_norm)
+        op = dora_scale if self.fused_norm else dora_scale_reference
+        return op(self.base.weight, self.lora_A, self.lora_B, self.magnitude, self.scaling, self.detach_norm)
 
     def seed_scale(self) -> "jt.Var":
         """The seed variant's g = m / ||W0||_c per input channel ([in]); W0 is frozen, so the norm is a constant."""

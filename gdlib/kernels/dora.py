@@ -12,6 +12,7 @@ from .. import runtime
 
 jt = runtime.setup_jittor()
 
+from ._build import CPU_HEADER  # noqa: E402
 from .switch import kernels_on  # noqa: E402
 
 
@@ -40,8 +41,9 @@ def dora_scale_reference(weight: "jt.Var", lora_A: "jt.Var", lora_B: "jt.Var", m
 _CPU_SRC = """
     const int n_out = in0_shape0, K = in0_shape1, r = in1_shape0;
     const float s = @in4(0);
-    std::vector<float> row(K);
+    // single-threaded: OpenMP costs more than it saves at adapter sizes on a shared CPU
     for (int o = 0; o < n_out; o++) {
+        std::vector<float> row(K);
         for (int k = 0; k < K; k++) row[k] = @in0(o, k);
         for (int j = 0; j < r; j++) {
             const float b = s * @in2(o, j);
@@ -62,7 +64,7 @@ def _fused_norm_and_scale(W: "jt.Var", A: "jt.Var", B: "jt.Var", m: "jt.Var",
     s = jt.array([scaling]).float32()
     n, g = jt.code([(W.shape[0],), (W.shape[0],)], ["float32", "float32"],
                    [W.float32(), A.float32(), B.float32(), m.float32(), s],
-                   cpu_header="#include <vector>\n#include <cmath>", cpu_src=_CPU_SRC)
+                   cpu_header=CPU_HEADER + "#include <vector>\n", cpu_src=_CPU_SRC)
     return n, g
 
 
