@@ -56,9 +56,9 @@ def oracle_predictions(ref: str | Path, out: str | Path, seed: int = 1, shuffle_
         raise FileNotFoundError(f"{man_path} not found: oracle predictions need the style of each folder, "
                                 "which `gdlib toyworld export` records there")
     manifest = json.loads(man_path.read_text())
-    rng = np.random.default_rng([int(seed), 11])
     written = {}
-    for sid, meta in sorted(manifest["sets"].items()):
+    for k, (sid, meta) in enumerate(sorted(manifest["sets"].items())):
+        rng = np.random.default_rng([int(seed), 11, k])  # per folder: shuffling never changes the pictures
         prompts = imageio.read_prompts(ref / sid / "prompt.json")
         words = [w for _, w in sorted(prompts.items(), key=lambda kv: (len(kv[0]), kv[0]))]
         bad = [w for w in words if w not in OBJECTS]
