@@ -9,7 +9,7 @@ from jittor import nn  # noqa: E402
 
 from gdlib import adapters  # noqa: E402
 from gdlib.kernels import kernels_enabled  # noqa: E402
-from gdlib.kernels.dora import dora_scale, dora_scale_reference  # noqa: E402
+from gdlib.kernels.dora import FUSED_MIN_NUMEL, dora_scale, dora_scale_fused, dora_scale_reference  # noqa: E402
 
 D, C = 8, 4
 ALL = ("to_q", "to_k", "to_v", "to_out", "conv")
@@ -352,8 +352,7 @@ def test_fused_dora_scale_matches_reference(shape):
     a = jt.array(rng.standard_normal((r,) + shape[1:]).astype(np.float32))
     b = jt.array(rng.standard_normal((shape[0], r) + (1, 1) * (len(shape) == 4)).astype(np.float32))
     mag = jt.array(rng.random(shape[0]).astype(np.float32) + 0.5)
-    with kernels_enabled(True):
-        g_fused = dora_scale(w, a, b, mag, 0.7)
+    g_fused = dora_scale_fused(w, a, b, mag, 0.7)
     g_ref = dora_scale_reference(w, a, b, mag, 0.7)
     np.testing.assert_allclose(g_fused.numpy(), g_ref.numpy(), rtol=1e-6, atol=0)
     v = w.numpy().reshape(shape[0], -1) + 0.7 * b.numpy().reshape(shape[0], r) @ a.numpy().reshape(r, -1)
@@ -395,3 +394,28 @@ def test_dm_dd_points_and_scatter_on_a_short_training():
     assert len(fig.axes) == 2  # the panel and its colour bar
     with pytest.raises(ValueError, match="no pretrained weight"):
         adapters.dm_dd_points(snaps, {"to_q": w0["to_q"]})
+
+
+def test_dora_scale_dispatch_uses_fused_only_for_large_weights(monkeypatch):
+    """dora_scale picks the fused op for >= FUSED_MIN_NUMEL weights (where bench/adapters.py measured it faster)."""
+    import gdlib.kernels.dora as kd
+    calls = []
+    real = kd.dora_scale_fused
+    monkeypatch.setattr(kd, "dora_scale_fused", lambda *a: calls.append(a[0].shape) or real(*a))
+    rng = np.random.default_rng(1)
+    n = int(np.ceil(np.sqrt(FUSED_MIN_NUMEL)))
+    for shape, fused in (((8, 8), False), ((n, n), True)):
+        w = jt.array(rng.standard_normal(shape).astype(np.float32))
+        a = jt.array(rng.standard_normal((2, shape[1])).astype(np.float32))
+        b = jt.array(rng.standard_normal((shape[0], 2)).astype(np.float32))
+        mag = jt.array(rng.random(shape[0]).astype(np.float32) + 0.5)
+        with kernels_enabled(True):
+            g = dora_scale(w, a, b, mag, 0.5)
+        with kernels_enabled(False):
+            g_off = dora_scale(w, a, b, mag, 0.5)
+        np.testing.assert_allclose(g.numpy(), dora_scale_reference(w, a, b, mag, 0.5).numpy(), rtol=1e-5)
+        np.testing.assert_allclose(g_off.numpy(), g.numpy(), rtol=1e-5)
+        # the fused op is a jt.Function: its gradient into A is exactly zero (detached), the reference's too
+        assert np.all(jt.grad(g.sum(), a).numpy() == 0)
+        assert (len(calls) == 1) == fused  # once with the switch on, never with it off
+        calls.clear()
