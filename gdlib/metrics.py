@@ -101,6 +101,15 @@ def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
     return float(max(d, 0.0))
 
 
+def style_similarity(ev, images: np.ndarray, ref_images: np.ndarray) -> dict:
+    """The challenge's Style term and its three toy parts for predictions vs references (library images)."""
+    emb = embedding_similarity(ev.style_embedding(images), ev.style_embedding(ref_images))
+    hist = histogram_similarity(images, ref_images)
+    perc = perceptual_distance(ev.style_maps(images), ev.style_maps(ref_images))
+    return {"embedding_similarity": emb, "histogram_similarity": hist, "perceptual_distance": perc,
+            "style": STYLE_W[0] * emb + STYLE_W[1] * hist + STYLE_W[2] * (1.0 - perc)}
+
+
 def challenge_score(emb_sim: float, hist_sim: float, perc_dist: float, r_precision: float, fd: float,
                     iqa: float) -> dict:
     """Final = Style x (Text + Quality) with the challenge's weights, from the toy analog terms."""
@@ -126,15 +135,16 @@ def score_set(ev, images: np.ndarray, asked: Sequence[str], ref_images: np.ndarr
     ref_style = np.bincount(ev.predict_style(ref_images), minlength=len(ev.styles)).argmax()
     sty_pred = ev.predict_style(images)
     emb, ref_emb = ev.style_embedding(images), ev.style_embedding(ref_images)
+    sim = style_similarity(ev, images, ref_images)
     r = {
         "n": int(len(asked_idx)),
         "ref_style": ev.styles[ref_style],
         "content_accuracy": content_accuracy(pred, asked_idx),
         "style_accuracy": float((sty_pred == ref_style).mean()),
         "leakage": leakage_rate(pred, asked_idx, ref_idx),
-        "embedding_similarity": embedding_similarity(emb, ref_emb),
-        "histogram_similarity": histogram_similarity(images, ref_images),
-        "perceptual_distance": perceptual_distance(ev.style_maps(images), ev.style_maps(ref_images)),
+        "embedding_similarity": sim["embedding_similarity"],
+        "histogram_similarity": sim["histogram_similarity"],
+        "perceptual_distance": sim["perceptual_distance"],
         "fd": FD_SCALE * frechet_distance(emb, ref_emb),
         "confidence": float(prob.max(1).mean()),
     }

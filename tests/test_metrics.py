@@ -124,3 +124,37 @@ def test_score_cli_errors(tmp_path, capsys):
     next((tmp_path / "pred" / "00").glob("*.png")).unlink()
     assert main(["score", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref")]) == 2
     assert "lacks predictions" in capsys.readouterr().out
+
+
+def test_leakage_detects_copied_content():
+    """A 'model' that draws the few-shot set's own objects whatever it is asked leaks ~100%."""
+    from gdlib import toyworld as tw
+    from gdlib.models.evaluators import load_evaluators
+
+    ev = load_evaluators()
+    fs = tw.few_shot_set("mosaic", "animal", 3, seed=5)
+    asked = [o for o in tw.OBJECTS if o not in fs["objects"]]
+    copied = tw.to_float(np.stack([tw.render(fs["objects"][i % 3], "mosaic", 100 + i) for i in range(len(asked))]))
+    honest = tw.to_float(np.stack([tw.render(o, "mosaic", 100 + i) for i, o in enumerate(asked)]))
+    r_copy = M.score_set(ev, copied, asked, fs["images"], fs["objects"])
+    r_ok = M.score_set(ev, honest, asked, fs["images"], fs["objects"])
+    assert r_copy["leakage"] >= 0.9 and r_copy["content_accuracy"] <= 0.1
+    assert r_ok["leakage"] <= 0.1 and r_ok["content_accuracy"] >= 0.9
+    assert r_copy["final"] < r_ok["final"]
+
+
+def test_style_similarity_prefers_the_reference_style():
+    from gdlib import toyworld as tw
+    from gdlib.models.evaluators import load_evaluators
+
+    ev = load_evaluators()
+    ref = tw.few_shot_set("blueprint", "vehicle", 3, seed=1)["images"]
+    same = tw.make_dataset(["blueprint"], ["cat", "tree", "house"], 1, seed=2)["images"]
+    other = tw.make_dataset(["sunset"], ["cat", "tree", "house"], 1, seed=2)["images"]
+    s_same, s_other = M.style_similarity(ev, same, ref), M.style_similarity(ev, other, ref)
+    for k in ("embedding_similarity", "histogram_similarity"):
+        assert s_same[k] > s_other[k], k
+    assert s_same["perceptual_distance"] < s_other["perceptual_distance"]
+    assert s_same["style"] == pytest.approx(0.2 * s_same["embedding_similarity"] + 0.4 * s_same["histogram_similarity"]
+                                            + 0.4 * (1 - s_same["perceptual_distance"]))
+    assert s_same["style"] > s_other["style"]
