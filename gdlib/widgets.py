@@ -78,3 +78,29 @@ def sampler_explorer(n: int = 800, seed: int = 0, mix=None, schedule=None) -> Ex
         plt.close(fig)
 
     return Explorer(fn, controls, render=render)  # call .update() once to draw the first panel
+
+
+def toyworld_explorer(seed: int = 0, size: int = 32) -> Explorer:
+    """ToyWorld browser: one object in one style (seed and size adjustable), beside the same instance in
+    every style. The pure function is `gdlib.toyworld.grid` (result: uint8 [S, 1, H, W, 3])."""
+    import ipywidgets as W
+
+    from . import plot, toyworld
+
+    controls = {
+        "obj": W.Dropdown(options=toyworld.OBJECTS, value=toyworld.OBJECTS[0], description="object"),
+        "seed": W.IntSlider(value=seed, min=0, max=99, description="seed"),
+        "size": W.Dropdown(options=[16, 32, 48, 64], value=size, description="size"),
+    }
+
+    def fn(obj: str, seed: int, size: int):
+        return toyworld.grid(toyworld.STYLES, [obj], seed=seed, size=size)
+
+    def render(result):
+        import matplotlib.pyplot as plt
+        titles = [f"{s}*" if s in toyworld.HELDOUT_STYLES else s for s in toyworld.STYLES]
+        fig = plot.image_grid(result[:, 0], nrow=8, titles=titles, suptitle="one instance in every style (* held out)")
+        plt.show()
+        plt.close(fig)
+
+    return Explorer(fn, controls, render=render)  # call .update() once to draw the first panel

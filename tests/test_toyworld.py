@@ -225,3 +225,19 @@ def test_cli_grid_and_import(tmp_path, capsys):
     src.mkdir()
     assert main(["toyworld", "import", "--images", str(src), "--out", str(tmp_path / "r")]) == 2
     assert "no images" in capsys.readouterr().out
+
+
+def test_toyworld_explorer_headless():
+    import matplotlib
+    matplotlib.use("Agg")
+    from gdlib import widgets
+
+    ex = widgets.toyworld_explorer()
+    ex.update()
+    assert ex.error is None and ex.result.shape == (len(tw.STYLES), 1, 32, 32, 3)
+    ex.controls["obj"].value = "boat"
+    ex.controls["size"].value = 48
+    assert ex.error is None and ex.result.shape == (len(tw.STYLES), 1, 48, 48, 3)
+    assert np.array_equal(ex.result[tw.STYLES.index("ink"), 0], tw.render("boat", "ink", 0, size=48))
+    ex.controls["seed"].value = 5
+    assert np.array_equal(ex.result[0, 0], tw.render("boat", tw.STYLES[0], 5, size=48))
