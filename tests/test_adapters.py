@@ -419,3 +419,38 @@ def test_dora_scale_dispatch_uses_fused_only_for_large_weights(monkeypatch):
         assert np.all(jt.grad(g.sum(), a).numpy() == 0)
         assert (len(calls) == 1) == fused  # once with the switch on, never with it off
         calls.clear()
+
+
+@pytest.mark.parametrize("method", ["dora", "full"])
+def test_study_finetune_snapshots_on_a_tiny_text_to_image_model(method):
+    """adapters.study.finetune: real denoising steps on a tiny model, snapshots of the targeted layers' W'."""
+    from gdlib import toyworld
+    from gdlib.adapters import study
+    from gdlib.models.config import TextConfig, UNetConfig
+    from gdlib.pipeline import TextToImage
+
+    jt.set_global_seed(0)
+    model = TextToImage.from_toyworld(
+        unet=UNetConfig(image_size=16, patch_size=2, base_channels=16, channel_mult=(1, 2), attn_resolutions=(4,),
+                        self_attn_resolutions=(4,), heads=2, groups=4, context_dim=32),
+        text=TextConfig(width=32, layers=1, heads=2))
+    for p in model.unet.parameters():  # undo the zero-init of output projections so that gradients reach to_q...
+        if len(p.shape) >= 2 and float((p * p).sum().item()) == 0.0:
+            p.update(jt.array(0.05 * np.random.default_rng(0).standard_normal(p.shape).astype(np.float32)))
+    fs = toyworld.few_shot_set(toyworld.HELDOUT_STYLES[0], "fruit", k=2, size=16)
+    frozen_before = {k: v.numpy().copy() for k, v in model.unet.state_dict().items() if "norm" in k}
+    res = study.finetune(model, fs["images"], fs["captions"], method=method, rank=2, steps=3, lr=1e-2,
+                         batch_size=2, snapshot_every=1)
+    assert sorted(res["snapshots"]) == [0, 1, 2, 3] and len(res["loss"]) == 3 and np.all(np.isfinite(res["loss"]))
+    assert res["names"] == study.target_names(model.unet) and all(n.endswith(("to_q", "to_k", "to_v", "to_out.0"))
+                                                                   for n in res["names"])
+    pts = adapters.dm_dd_points({s: w for s, w in res["snapshots"].items() if s > 0}, res["w0"])
+    assert np.all(pts["dD"] > 0) and np.all(pts["dM"] > 0)
+    after = model.unet.state_dict()
+    norms_moved = any(np.abs(after[k].numpy() - v).max() > 0 for k, v in frozen_before.items() if k in after)
+    if method == "full":
+        assert norms_moved and res["params"] == sum(int(np.prod(p.shape)) for p in model.unet.parameters())
+    else:
+        assert not norms_moved and res["params"] == adapters.parameter_counts(model.unet)["trainable"]
+    with pytest.raises(ValueError, match="method="):
+        study.finetune(model, fs["images"], fs["captions"], method="qlora")

@@ -7,7 +7,8 @@
     adapters.merge(unet)  # inference at the base model's cost; adapters.unmerge(unet) undoes it
 
 Modules: `layers` (AdaptedLinear, AdaptedConv2d), `inject` (by name, enable/scale/merge on a whole model),
-`io` (safetensors save/load with a base fingerprint), `decomposition` (magnitude/direction, dM-dD analysis).
+`io` (safetensors save/load with a base fingerprint), `decomposition` (magnitude/direction, dM-dD analysis),
+`study` (full FT / LoRA / DoRA fine-tuning with weight snapshots; imported on use: `from gdlib.adapters import study`).
 """
 from .layers import KINDS, INITS, AdapterLayer, AdaptedLinear, AdaptedConv2d
 from .inject import (DEFAULT_TARGETS, inject, adapted_layers, trainable_parameters, parameter_counts, set_enabled,

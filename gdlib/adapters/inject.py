@@ -24,10 +24,11 @@ def _matches(name: str, targets: str | Iterable[str]) -> bool:
 
 
 def _resolve(name: str, module: nn.Module) -> tuple[str, nn.Module] | None:
-    """The Linear/Conv2d to adapt for a matched name: itself, or child '0' of a container (diffusers' to_out)."""
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
+    """The Linear/Conv2d (or adapted layer) for a matched name: itself, or child '0' of a container (diffusers' to_out)."""
+    kinds = (nn.Linear, nn.Conv2d, AdapterLayer)
+    if isinstance(module, kinds):
         return name, module
-    if isinstance(module, nn.Sequential) and "0" in module.layers and isinstance(module.layers["0"], (nn.Linear, nn.Conv2d)):
+    if isinstance(module, nn.Sequential) and "0" in module.layers and isinstance(module.layers["0"], kinds):
         return f"{name}.0", module.layers["0"]
     return None
 
