@@ -253,13 +253,14 @@ def test_attention_bad_shapes_are_value_errors():
 
 
 def test_attention_long_keys_fall_back_on_cpu():
-    """Head size x keys beyond the CPU kernel's stack block: attention() uses the reference, the op refuses."""
+    """Beyond the CPU kernel's scratch limit attention() uses the reference and the fused op refuses."""
     if jt.flags.use_cuda:
-        pytest.skip("the block limit is CPU-only")
+        pytest.skip("the scratch limit is CPU-only")
     rng = np.random.default_rng(2)
-    q, k, v, _ = _att_inputs(rng, 1, 1, 3, 200, 64)
+    q, k, v, _ = _att_inputs(rng, 1, 1, 2048, 1024, 4)
+    assert att._cpu_scratch(jt.array(q), jt.array(k)) > att._MAX_CPU_SCRATCH
     tq, tk, tv = jt.array(q), jt.array(k), jt.array(v)
     np.testing.assert_array_equal(kernels.attention(tq, tk, tv).numpy(),
                                   att.attention_reference(tq, tk, tv).numpy())
-    with pytest.raises(ValueError, match="exceeds"):
+    with pytest.raises(ValueError, match="scratch per thread exceed"):
         att.attention_fused(tq, tk, tv)

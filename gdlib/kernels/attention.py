@@ -25,7 +25,7 @@ def attention(q: "jt.Var", k: "jt.Var", v: "jt.Var", scale: float | None = None)
     """Attention; the fused kernel when the switch is on, else the reference."""
     _check_shapes(q, k, v)
     if (kernels_on() and all(str(t.dtype) == "float32" for t in (q, k, v)) and v.shape[-1] == q.shape[-1]
-            and (jt.flags.use_cuda or q.shape[-1] * k.shape[2] <= _MAX_CPU_BLOCK)
+            and (jt.flags.use_cuda or _cpu_scratch(q, k) <= _MAX_CPU_SCRATCH)
             and _available(_build.device_key())):
         return attention_fused(q, k, v, scale)
     return attention_reference(q, k, v, scale)
@@ -48,7 +48,7 @@ def _check_shapes(q, k, v) -> None:
 #   s_ij = scale q_i . k_j,  lse_i = log sum_j exp(s_ij),  p_ij = exp(s_ij - lse_i),  o_i = sum_j p_ij v_j.
 # Backward recomputes p from the saved lse: with D_i = dO_i . o_i and ds_ij = p_ij (dO_i . v_j - D_i),
 #   dq_i = scale sum_j ds_ij k_j,  dk_j = scale sum_i ds_ij q_i,  dv_j = sum_i p_ij dO_i.
-# CPU: OpenMP over (batch, head), K^T and V^T staged so inner loops run along keys. CUDA: a thread per row.
+# CPU: OpenMP over (batch, head), transposed layouts so inner loops run along queries. CUDA: a thread per row.
 # ---------------------------------------------------------------------------------------------------------
 import functools  # noqa: E402
 
@@ -56,95 +56,132 @@ import numpy as np  # noqa: E402
 
 from . import _build  # noqa: E402
 
-_CPU_HEADER = _build.CPU_HEADER
+_CPU_HEADER = _build.CPU_HEADER + "#include <vector>\n"
 
 _CPU_FWD = """
 // in: q [B,H,N,D], k [B,H,M,D], v [B,H,M,D]; out: o [B,H,N,D], lse [B,H,N]
-// Per (batch, head): K^T is copied once so that the inner loops run along the key axis j (axpy, vectorized).
+// Per (batch, head) the work runs in transposed layouts (Q^T, S^T, O^T: query index innermost), so that every
+// inner loop, the softmax's max and sum included, is a contiguous loop over queries i that vectorizes.
 const long BH = (long)in0_shape0 * in0_shape1;
-const int N = in0_shape2;
-constexpr int D = @D, M = @M;  // head size and key count as constants: the loops unroll and vectorize
+const int N = in0_shape2, M = in1_shape2;
+constexpr int D = @D;  // head size as a constant: the d-loops unroll
 const float sc = (float)@SCALE;
-#pragma omp parallel for schedule(dynamic, 1) if (BH * N * M * D >= @PAR_MIN)
-for (long bh = 0; bh < BH; bh++) {
-    float kt[D * M], p[M];
-    const float* kb = in1_p + bh * M * D;
-    const float* vb = in2_p + bh * M * D;
-    for (int j = 0; j < M; j++)
-        for (int d = 0; d < D; d++) kt[d * M + j] = kb[j * D + d] * sc;
-    for (int i = 0; i < N; i++) {
-        const long r = bh * N + i;
-        const float* qi = in0_p + r * D;
-        for (int j = 0; j < M; j++) p[j] = 0;
-        for (int d = 0; d < D; d++) {
-            const float qd = qi[d];
-            for (int j = 0; j < M; j++) p[j] += qd * kt[d * M + j];
+#pragma omp parallel if (BH * N * M * D >= @PAR_MIN)
+{
+    std::vector<float> qt_((size_t)D * N), st_((size_t)M * N), ot_((size_t)D * N), mx_(N), sm_(N);
+    float *qt = qt_.data(), *st = st_.data(), *ot = ot_.data(), *mx = mx_.data(), *sm = sm_.data();
+    #pragma omp for schedule(dynamic, 1)
+    for (long bh = 0; bh < BH; bh++) {
+        const float* qb = in0_p + bh * N * D;
+        const float* kb = in1_p + bh * M * D;
+        const float* vb = in2_p + bh * M * D;
+        for (int i = 0; i < N; i++)
+            for (int d = 0; d < D; d++) qt[d * N + i] = qb[i * D + d] * sc;
+        for (int j = 0; j < M; j++) {                       // S^T[j, :] = sum_d k[j, d] Q^T[d, :]
+            float* s = st + (size_t)j * N;
+            for (int i = 0; i < N; i++) s[i] = 0;
+            for (int d = 0; d < D; d++) {
+                const float kd = kb[j * D + d];
+                const float* q = qt + (size_t)d * N;
+                for (int i = 0; i < N; i++) s[i] += kd * q[i];
+            }
         }
-        float mx = p[0];
-        for (int j = 1; j < M; j++) mx = p[j] > mx ? p[j] : mx;
-        float sum = 0;
-        for (int j = 0; j < M; j++) { p[j] = std::exp(p[j] - mx); sum += p[j]; }
-        const float inv = 1.0f / sum;
-        float o[D];
-        for (int d = 0; d < D; d++) o[d] = 0;
+        for (int i = 0; i < N; i++) { mx[i] = st[i]; sm[i] = 0; }
+        for (int j = 1; j < M; j++) {
+            const float* s = st + (size_t)j * N;
+            for (int i = 0; i < N; i++) mx[i] = s[i] > mx[i] ? s[i] : mx[i];
+        }
         for (int j = 0; j < M; j++) {
-            const float w = p[j] * inv;
-            for (int d = 0; d < D; d++) o[d] += w * vb[j * D + d];
+            float* s = st + (size_t)j * N;
+            for (int i = 0; i < N; i++) { s[i] = std::exp(s[i] - mx[i]); sm[i] += s[i]; }
         }
-        float* oi = out0_p + r * D;
-        for (int d = 0; d < D; d++) oi[d] = o[d];
-        out1_p[r] = mx + std::log(sum);
+        for (int t = 0; t < D * N; t++) ot[t] = 0;
+        for (int j = 0; j < M; j++) {                       // O^T[d, :] += v[j, d] P^T[j, :]
+            const float* p = st + (size_t)j * N;
+            for (int d = 0; d < D; d++) {
+                const float vd = vb[j * D + d];
+                float* o = ot + (size_t)d * N;
+                for (int i = 0; i < N; i++) o[i] += vd * p[i];
+            }
+        }
+        for (int i = 0; i < N; i++) { out1_p[bh * N + i] = mx[i] + std::log(sm[i]); sm[i] = 1.0f / sm[i]; }
+        float* ob = out0_p + bh * N * D;
+        for (int i = 0; i < N; i++)
+            for (int d = 0; d < D; d++) ob[i * D + d] = ot[d * N + i] * sm[i];
     }
 }
 """
 
 _CPU_BWD = """
 // in: q, k, v, o, lse, dO; out: dq, dk, dv.  Parallel over (batch, head): no write races.
+// Same transposed layouts as the forward; dS' = P (dP - D_i) is kept unscaled, the scale enters via Q^T.
 const long BH = (long)in0_shape0 * in0_shape1;
-const int N = in0_shape2;
-constexpr int D = @D, M = @M;
+const int N = in0_shape2, M = in1_shape2;
+constexpr int D = @D;
 const float sc = (float)@SCALE;
-#pragma omp parallel for schedule(dynamic, 1) if (BH * N * M * D >= @PAR_MIN)
-for (long bh = 0; bh < BH; bh++) {
-    float kt[D * M], vt[D * M], dkt[D * M], dvt[D * M], p[M], ds[M];
-    const float* kb = in1_p + bh * M * D;
-    const float* vb = in2_p + bh * M * D;
-    for (int j = 0; j < M; j++)
-        for (int d = 0; d < D; d++) { kt[d * M + j] = kb[j * D + d]; vt[d * M + j] = vb[j * D + d]; }
-    for (int t = 0; t < D * M; t++) { dkt[t] = 0; dvt[t] = 0; }
-    for (int i = 0; i < N; i++) {
-        const long r = bh * N + i;
-        const float* qi = in0_p + r * D;
-        const float* oi = in3_p + r * D;
-        const float* gi = in5_p + r * D;
-        const float lse = in4_p[r];
-        float Di = 0;
-        for (int d = 0; d < D; d++) Di += gi[d] * oi[d];
-        for (int j = 0; j < M; j++) { p[j] = 0; ds[j] = 0; }
-        for (int d = 0; d < D; d++) {
-            const float qd = qi[d] * sc, gd = gi[d];
-            for (int j = 0; j < M; j++) { p[j] += qd * kt[d * M + j]; ds[j] += gd * vt[d * M + j]; }
+#pragma omp parallel if (BH * N * M * D >= @PAR_MIN)
+{
+    std::vector<float> qt_((size_t)D * N), gt_((size_t)D * N), dqt_((size_t)D * N), pt_((size_t)M * N),
+                       dst_((size_t)M * N), di_(N);
+    float *qt = qt_.data(), *gt = gt_.data(), *dqt = dqt_.data(), *pt = pt_.data(), *dst = dst_.data(),
+          *di = di_.data();
+    #pragma omp for schedule(dynamic, 1)
+    for (long bh = 0; bh < BH; bh++) {
+        const float* qb = in0_p + bh * N * D;
+        const float* kb = in1_p + bh * M * D;
+        const float* vb = in2_p + bh * M * D;
+        const float* ob = in3_p + bh * N * D;
+        const float* lse = in4_p + bh * N;
+        const float* gb = in5_p + bh * N * D;
+        for (int i = 0; i < N; i++) {
+            float acc = 0;
+            for (int d = 0; d < D; d++) {
+                qt[d * N + i] = qb[i * D + d] * sc;
+                gt[d * N + i] = gb[i * D + d];
+                acc += gb[i * D + d] * ob[i * D + d];
+            }
+            di[i] = acc;                                    // D_i = dO_i . o_i
         }
         for (int j = 0; j < M; j++) {
-            p[j] = std::exp(p[j] - lse);
-            ds[j] = p[j] * (ds[j] - Di) * sc;
-        }
-        float* dqi = out0_p + r * D;
-        for (int d = 0; d < D; d++) {
-            const float qd = qi[d], gd = gi[d];
-            float acc = 0;
-            for (int j = 0; j < M; j++) {
-                acc += ds[j] * kt[d * M + j];
-                dkt[d * M + j] += ds[j] * qd;
-                dvt[d * M + j] += p[j] * gd;
+            float* p = pt + (size_t)j * N;
+            float* ds = dst + (size_t)j * N;
+            for (int i = 0; i < N; i++) { p[i] = 0; ds[i] = 0; }
+            for (int d = 0; d < D; d++) {
+                const float kd = kb[j * D + d], vd = vb[j * D + d];
+                const float* q = qt + (size_t)d * N;
+                const float* g = gt + (size_t)d * N;
+                for (int i = 0; i < N; i++) { p[i] += kd * q[i]; ds[i] += vd * g[i]; }
             }
-            dqi[d] = acc;
+            for (int i = 0; i < N; i++) {
+                p[i] = std::exp(p[i] - lse[i]);
+                ds[i] = p[i] * (ds[i] - di[i]);
+            }
         }
+        for (int t = 0; t < D * N; t++) dqt[t] = 0;
+        float* dkb = out1_p + bh * M * D;
+        float* dvb = out2_p + bh * M * D;
+        for (int j = 0; j < M; j++) {
+            const float* p = pt + (size_t)j * N;
+            const float* ds = dst + (size_t)j * N;
+            for (int d = 0; d < D; d++) {
+                const float kd = kb[j * D + d] * sc;
+                float* dq = dqt + (size_t)d * N;
+                const float* q = qt + (size_t)d * N;
+                const float* g = gt + (size_t)d * N;
+                float ak = 0, av = 0;
+                for (int i = 0; i < N; i++) {
+                    dq[i] += kd * ds[i];
+                    ak += ds[i] * q[i];
+                    av += p[i] * g[i];
+                }
+                dkb[j * D + d] = ak;                        // dk_j = sum_i dS'_ij (scale q_i)
+                dvb[j * D + d] = av;                        // dv_j = sum_i p_ij dO_i
+            }
+        }
+        float* dqb = out0_p + bh * N * D;
+        for (int i = 0; i < N; i++)
+            for (int d = 0; d < D; d++) dqb[i * D + d] = dqt[d * N + i];
     }
-    float* dkb = out1_p + bh * M * D;
-    float* dvb = out2_p + bh * M * D;
-    for (int j = 0; j < M; j++)
-        for (int d = 0; d < D; d++) { dkb[j * D + d] = dkt[d * M + j]; dvb[j * D + d] = dvt[d * M + j]; }
 }
 """
 
@@ -238,7 +275,12 @@ gdlib_att_bwd_kv<<<(cols + GDLIB_ATT_T - 1) / GDLIB_ATT_T, GDLIB_ATT_T>>>(
 """
 
 
-_MAX_CPU_BLOCK = 8192  # D * M floats per stack buffer (32 KiB, four of them); larger use the reference path
+_MAX_CPU_SCRATCH = 1 << 22  # floats of per-thread scratch, (3 D + 2 Nk) Nq; beyond it the reference runs
+
+
+def _cpu_scratch(q, k) -> int:
+    """Per-thread scratch of the CPU backward in floats: Q^T, dO^T, dQ^T [d, Nq] and P^T, dS^T [Nk, Nq]."""
+    return (3 * q.shape[-1] + 2 * k.shape[2]) * q.shape[2]
 
 
 def _fill(src: str, scale: float, head_dim: int = 0, keys: int = 0) -> str:
@@ -276,9 +318,9 @@ def attention_fused(q: "jt.Var", k: "jt.Var", v: "jt.Var", scale: float | None =
     _check_shapes(q, k, v)
     if v.shape[-1] != q.shape[-1]:
         raise ValueError(f"attention_fused: v's head size {v.shape[-1]} != q's {q.shape[-1]} (use the reference)")
-    if not jt.flags.use_cuda and q.shape[-1] * k.shape[2] > _MAX_CPU_BLOCK:
-        raise ValueError(f"attention_fused: head size x keys = {q.shape[-1] * k.shape[2]} exceeds the CPU "
-                         f"kernel's block of {_MAX_CPU_BLOCK} floats (use attention(), which falls back)")
+    if not jt.flags.use_cuda and _cpu_scratch(q, k) > _MAX_CPU_SCRATCH:
+        raise ValueError(f"attention_fused: {_cpu_scratch(q, k)} floats of scratch per thread exceed the CPU "
+                         f"kernel's limit of {_MAX_CPU_SCRATCH} (use attention(), which falls back)")
     s = (1.0 / math.sqrt(q.shape[-1])) if scale is None else float(scale)
     return _AttentionFn(s)(q, k, v)
 
