@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-evaluators": ("gdlib.models.evaluators:main", "train the ToyWorld content and style evaluators"),
     "train-base": ("gdlib.train:main_train_base", "pretrain (or resume) the toy text-to-image base model on known styles"),
     "sample": ("gdlib.pipeline:main_sample", "generate images from prompts with the base model (CFG + DDIM)"),
+    "train-csd": ("gdlib.style:main_train_csd", "train the learned contrastive style descriptor (Psi) on known ToyWorld styles"),
 }
 
 

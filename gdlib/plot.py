@@ -209,3 +209,25 @@ def dm_dd_scatter(points: dict[str, dict], slopes: dict[str, tuple[float, float]
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def tradeoff(x: Sequence[float], y: Sequence[float], labels: Sequence[str], xlabel: str, ylabel: str,
+             title: str | None = None, series: str | None = None, ax=None):
+    """A trade-off curve: points (x_k, y_k) joined in order, each annotated with labels[k]."""
+    import matplotlib.pyplot as plt
+
+    if not (len(x) == len(y) == len(labels)):
+        raise ValueError(f"tradeoff: x, y and labels must be equally long, got {len(x)}, {len(y)}, {len(labels)}")
+    fig = ax.figure if ax is not None else plt.subplots(figsize=(5, 3.6))[0]
+    ax = ax if ax is not None else fig.axes[0]
+    ax.plot(x, y, marker="o", ms=4, label=series)
+    for xi, yi, lab in zip(x, y, labels):
+        ax.annotate(str(lab), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(xlabel); ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if series:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -104,3 +104,39 @@ def toyworld_explorer(seed: int = 0, size: int = 32) -> Explorer:
         plt.close(fig)
 
     return Explorer(fn, controls, render=render)  # call .update() once to draw the first panel
+
+
+def rb_explorer(model, prompts, x_ref, psis: dict | None = None, num_inference_steps: int = 10,
+                guidance_scale: float = 4.0, seed: int = 0, sampler: str = "ddim") -> Explorer:
+    """Style weight / num_iter / tau / eta / Psi -> stylised image grid (pure function: gdlib.guidance.stylize)."""
+    import ipywidgets as W
+
+    from . import plot
+    from .guidance import RBConfig, stylize
+    from .style import GramDescriptor
+
+    psis = dict(psis) if psis else {"gram": GramDescriptor()}
+    prompts = list(prompts)
+    controls = {
+        "lam_style": W.FloatSlider(value=1.0, min=0.0, max=20.0, step=0.5, description="style weight"),
+        "num_iter": W.IntSlider(value=3, min=0, max=6, description="num_iter"),
+        "tau": W.IntSlider(value=num_inference_steps, min=0, max=num_inference_steps, description="tau"),
+        "eta": W.FloatSlider(value=0.1, min=0.0, max=0.3, step=0.01, description="eta (lr)"),
+        "psi": W.Dropdown(options=list(psis), value=list(psis)[0], description="Psi"),
+    }
+
+    def fn(lam_style: float, num_iter: int, tau: int, eta: float, psi: str):
+        cfg = RBConfig(lam_style=lam_style, num_iter=num_iter, tau=tau, eta=eta)
+        images, hist = stylize(model, prompts, x_ref, psis[psi], cfg, num_inference_steps, guidance_scale,
+                               sampler=sampler, seed=seed, return_history=True)
+        active = [h for batch in hist for h in batch if h["active"]]
+        return {"images": images, "config": cfg, "controlled_steps": len(active),
+                "style_loss_last": active[-1]["style_after"] if active else float("nan")}
+
+    def render(result):
+        import matplotlib.pyplot as plt
+        fig = plot.image_grid(result["images"], titles=prompts, nrow=min(len(prompts), 8))
+        plt.show()
+        plt.close(fig)
+
+    return Explorer(fn, controls, render=render)  # call .update() once to draw the first grid
