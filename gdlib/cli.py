@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-base": ("gdlib.train:main_train_base", "pretrain (or resume) the toy text-to-image base model on known styles"),
     "sample": ("gdlib.pipeline:main_sample", "generate images from prompts with the base model (CFG + DDIM)"),
     "train-csd": ("gdlib.style:main_train_csd", "train the learned contrastive style descriptor (Psi) on known ToyWorld styles"),
+    "train-style": ("gdlib.finetune:main_train_style", "fine-tune one style folder (LoRA/DoRA/full, DreamBooth prior, decoupled captions)"),
 }
 
 

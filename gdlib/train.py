@@ -339,3 +339,6 @@ def measure_accuracy_cli(model, styles, objects, n_per_pair, steps, guidance) ->
     from .pipeline import measure_accuracy
 
     return measure_accuracy(model, styles, objects, n_per_pair, steps, guidance, seed=1234)
+
+
+from .finetune import StyleConfig, finetune_style  # noqa: E402,F401  few-shot style fine-tuning (gdlib.finetune)

@@ -1,0 +1,531 @@
+"""Few-shot style fine-tuning: DreamBooth with prior preservation (Ruiz et al. 2023, Eq. 2) and prompt decoupling.
+
+    loss = E ||eps_hat(x_t, t, c_inst) - eps||^2 + lambda_prior E ||eps_hat(x'_t, t', c_class) - eps'||^2
+
+on a challenge-format style folder (images/{object}.png), with a LoRA / DoRA adapter (gdlib.adapters) or full
+fine-tuning of the UNet, new tokens ("sks", "style_07", attribute words) whose embeddings are trained, and
+optionally the whole text encoder. Class images x' come from the base model itself and are cached. The result is
+one safetensors file: the UNet adapter under peft's keys (readable by gdlib.adapters.load_adapter), trained token
+rows or text-encoder weights, and metadata (captions, inference template, base fingerprint, model card).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import prompts as P
+from . import runtime
+
+jt = runtime.setup_jittor()
+
+from .adapters import DEFAULT_TARGETS  # noqa: E402
+from .checkpoint import load_tensors, save_tensors  # noqa: E402
+from .pipeline import DEFAULT_BASE, TextToImage  # noqa: E402
+
+ADAPTER_KINDS = ("lora", "dora", "full")
+STYLE_KEY = "gdlib_style"
+
+
+@dataclass
+class StyleConfig:
+    """Knobs of one few-shot style fine-tune."""
+    adapter: str = "dora"                 # lora | dora | full (every UNet weight)
+    rank: int = 4
+    alpha: float | None = None            # None: alpha = rank (the challenge baseline's choice)
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    steps: int = 150
+    lr: float = 2e-3                      # adapters; full fine-tuning wants ~10x less
+    batch_size: int = 4
+    resolution: int | None = None         # None: the base model's image size
+    caption_mode: str = "decoupled"       # instance | dreambooth | decoupled (gdlib.prompts)
+    token: str | None = None              # None: the mode's default ("style_{sid}", "sks", none)
+    attributes: str | None = None         # attribute table path; None: gdlib/data/attributes.json
+    new_words: list[str] = field(default_factory=list)  # extra unknown words allowed as new tokens
+    prior_weight: float = 0.0             # lambda_prior; 0 turns prior preservation off
+    num_class_images: int = 30
+    class_objects: list[str] | None = None  # None: every ToyWorld object the tokenizer knows
+    class_steps: int = 20
+    class_guidance: float = 4.0
+    train_tokens: bool = True             # train the embeddings of new tokens
+    train_text_encoder: bool = False      # also fine-tune the whole text encoder (DreamBooth's option)
+    min_snr_gamma: float = 5.0
+    grad_clip: float = 1.0
+    flip: bool = True                     # random horizontal flips of the few-shot images
+    seed: int = 0
+    checkpoint_every: int = 50            # steps between resumable checkpoints (0: only at the end)
+
+
+# --------------------------------------------------------------------------------------------- inputs
+def load_style_folder(style_dir: str | os.PathLike, size: int = 32) -> dict:
+    """A challenge style folder ({dir}/images/*.png [+ prompt.json]) or a plain folder of {object}.png images ->
+    dict(images, objects, sid, style, prompts, path), with clear errors for inputs a fine-tune cannot use."""
+    from . import imageio
+
+    d = Path(style_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"style folder {d} does not exist (expected {d}/images/{{object}}.png)")
+    img_dir = d / "images" if (d / "images").is_dir() else d
+    files = [p for p in img_dir.iterdir() if not p.name.startswith(".")]
+    not_images = sorted(p.name for p in files if p.is_file() and p.suffix.lower() not in imageio.IMAGE_EXTS)
+    if not_images:
+        raise ValueError(f"{img_dir} holds files that are not images: {not_images}; move them out of the folder "
+                         f"(images: {', '.join(imageio.IMAGE_EXTS)})")
+    stems = [p.stem for p in files if p.is_file()]
+    non_ascii = sorted(s for s in stems if not s.isascii())
+    if non_ascii:
+        raise ValueError(f"image names in {img_dir} must be English object words the text encoder knows (ASCII "
+                         f"letters); rename {non_ascii} (e.g. '猫.png' -> 'cat.png')")
+    f = imageio.load_image_folder(img_dir, size)  # duplicate objects, unreadable images, bad names: ValueError
+    if len(f["objects"]) < 2:
+        raise ValueError(f"{img_dir} holds {len(f['objects'])} image(s); few-shot style fine-tuning needs at least "
+                         "2 images of the style (3-5 is typical), each named after its object")
+    prompts = imageio.read_prompts(d / "prompt.json") if (d / "prompt.json").is_file() else {}
+    style = None
+    manifest = d.parent / imageio.MANIFEST
+    if manifest.is_file():
+        style = json.loads(manifest.read_text()).get("sets", {}).get(d.name, {}).get("style")
+    return dict(images=f["images"], objects=f["objects"], sid=d.name, style=style, prompts=prompts, path=str(d))
+
+
+def load_base(path: str | os.PathLike = DEFAULT_BASE) -> TextToImage:
+    """The base model from an exported file (TextToImage.save) or a train-base checkpoint (its EMA weights)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"base model {path} not found; export one with `gdlib train-base --export data/base` "
+                                "or pass --base runs/base/ckpt.safetensors")
+    tensors, meta = load_tensors(path)
+    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else ""
+    return TextToImage.from_tensors(tensors, meta, str(path), prefix=prefix)
+
+
+def model_fingerprint(model: TextToImage) -> str:
+    """sha256 (16 hex) of the base model's config and every weight: an adapter only fits the base it was trained on."""
+    from .adapters import adapted_layers
+
+    if adapted_layers(model.unet):
+        raise ValueError("model_fingerprint(): the model already carries an adapter; use a freshly loaded base")
+    h = hashlib.sha256(model.config.to_json().encode())
+    for k, v in sorted(model.state().items()):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(v, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------- captions
+def build_captions(model: TextToImage, objects: Sequence[str], cfg: StyleConfig, keys: Sequence[str],
+                   sid: str = "00") -> dict:
+    """Training captions, inference template pieces and the new tokens they need (unknown words: ValueError);
+    keys look up the attribute table (style name, folder id), sid names the instance token style_{sid}."""
+    P._check_mode(cfg.caption_mode)
+    token = P.instance_token(cfg.caption_mode, sid, cfg.token)
+    P.check_words(model.tokenizer, objects, cfg.new_words, what="object names (image file names)")
+    table = P.load_table(cfg.attributes)
+    attrs = P.attributes_for(table, keys, objects) if cfg.caption_mode == "decoupled" else \
+        {"attributes": [], "style_words": []}
+    allowed = set(P.new_words(table)) | set(cfg.new_words) | ({token} if token else set())
+    words = list(objects) + attrs["attributes"] + attrs["style_words"] + ([token] if token else [])
+    new = P.check_words(model.tokenizer, words, sorted(allowed), what="caption words")
+    captions = [P.train_caption(cfg.caption_mode, o, token, **attrs) for o in objects]
+    return {"captions": captions, "token": token, "new_tokens": new, "caption_mode": cfg.caption_mode, **attrs}
+
+
+def style_prompt(info: dict, obj: str) -> str:
+    """The inference prompt for object `obj` with a fine-tuned style (info from finetune_style / load_style)."""
+    return P.inference_prompt(info["caption_mode"], obj, info.get("token"), style_words=info.get("style_words", []))
+
+
+# --------------------------------------------------------------------------------------------- prior images
+def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return Path(os.environ.get("GDLIB_CACHE", Path.home() / ".cache" / "gdlib")) / "class_images"
+
+
+def class_images(model: TextToImage, objects: Sequence[str], n: int, steps: int = 20, guidance: float = 4.0,
+                 seed: int = 0, cache_dir: str | os.PathLike | None = None, fingerprint: str | None = None,
+                 log: Callable[[str], None] = print) -> tuple[np.ndarray, list[str]]:
+    """n class images "a painting of a {object}" (objects round-robin) generated by the base model, cached as
+    safetensors under cache_dir keyed by the base fingerprint and the generation settings."""
+    from .pipeline import generate
+
+    if n < 1 or not objects:
+        raise ValueError(f"class_images: need n >= 1 and at least one object, got n={n}, objects={list(objects)}")
+    prompts = [P.class_prompt(objects[i % len(objects)]) for i in range(int(n))]
+    fp = fingerprint or model_fingerprint(model)
+    key = hashlib.sha256(json.dumps([fp, prompts, steps, guidance, seed]).encode()).hexdigest()[:16]
+    path = _cache_dir(cache_dir) / f"{key}.safetensors"
+    if path.is_file():
+        tensors, meta = load_tensors(path)
+        if json.loads(meta.get("prompts", "[]")) == prompts:
+            log(f"class images: {n} from cache {path}")
+            return tensors["images"], prompts
+    t0 = time.time()
+    images = generate(model, prompts, num_inference_steps=steps, guidance_scale=guidance, seed=seed, strict=True)
+    save_tensors(path, {"images": images}, {"prompts": json.dumps(prompts), "base_fingerprint": fp,
+                                            "steps": str(steps), "guidance": str(guidance), "seed": str(seed)})
+    log(f"class images: generated {n} in {time.time() - t0:.0f} s, cached at {path}")
+    return images, prompts
+
+
+# --------------------------------------------------------------------------------------------- trainable parts
+def _prepare(model: TextToImage, cfg: StyleConfig, new_tokens: Sequence[str]) -> dict:
+    """Add tokens, inject the adapter (or unfreeze the UNet), choose the trainable Vars and the token-row mask."""
+    from . import adapters
+
+    if cfg.adapter not in ADAPTER_KINDS:
+        raise ValueError(f"adapter={cfg.adapter!r}: use one of {ADAPTER_KINDS}")
+    emb = model.text_encoder.token_embedding.weight
+    known = [i for i, w in enumerate(model.tokenizer.words) if not w.startswith("<")]
+    ids = model.tokenizer.add_tokens(list(new_tokens))
+    if ids:  # a new word starts as the average known word (textual-inversion style init)
+        w = emb.numpy()
+        w[ids] = w[known].mean(0, keepdims=True)
+        emb.update(jt.array(w))
+    for p in model.parameters():
+        p.stop_grad()
+    if cfg.adapter == "full":
+        params = list(model.unet.parameters())
+        for p in params:
+            p.start_grad()
+    else:
+        adapters.inject(model.unet, targets=list(cfg.targets), kind=cfg.adapter, rank=cfg.rank,
+                        alpha=float(cfg.rank if cfg.alpha is None else cfg.alpha), seed=cfg.seed)
+        params = adapters.trainable_parameters(model.unet)
+    row_mask = None
+    if cfg.train_text_encoder:
+        te = list(model.text_encoder.parameters())
+        for p in te:
+            p.start_grad()
+        params = params + te
+    elif cfg.train_tokens and ids:
+        emb.start_grad()
+        params = params + [emb]
+        m = np.zeros((emb.shape[0], 1), np.float32)
+        m[ids] = 1.0
+        row_mask = (jt.array(m), emb.numpy().copy())
+    return {"params": params, "token_ids": ids, "row_mask": row_mask}
+
+
+def _keep_frozen_rows(model: TextToImage, row_mask) -> None:
+    """Only the new tokens' embedding rows train: put every other row back (AdamW's decay included)."""
+    if row_mask is None:
+        return
+    mask, w0 = row_mask
+    emb = model.text_encoder.token_embedding.weight
+    emb.update((emb * mask + jt.array(w0) * (1.0 - mask)).detach())
+
+
+# --------------------------------------------------------------------------------------------- files
+def style_tensors(model: TextToImage, info: dict) -> dict[str, np.ndarray]:
+    """What a style file stores: the UNet adapter (peft keys) or UNet weights, token rows or text-encoder weights."""
+    from .adapters import adapter_state_dict
+    from .checkpoint import module_state
+
+    out = module_state(model.unet, "unet.") if info["adapter"] == "full" else adapter_state_dict(model.unet)
+    if info["train_text_encoder"]:
+        out.update(module_state(model.text_encoder, "text_encoder."))
+    else:
+        emb = model.text_encoder.token_embedding.weight.numpy()
+        for w in info["new_tokens"]:
+            out[f"token_embedding.{w}"] = emb[model.tokenizer.ids[w]].copy()
+    return out
+
+
+def save_style(path: str | os.PathLike, model: TextToImage, info: dict) -> Path:
+    """One .safetensors file; for lora/dora its metadata is also a gdlib adapter file (adapters.read_adapter)."""
+    from .adapters import adapter_config, base_fingerprint
+    from .adapters.io import FORMAT
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"the style file must end in .safetensors, got {path.name!r}")
+    meta = {STYLE_KEY: json.dumps(info)}
+    if info["adapter"] == "full":
+        meta["format"] = "gdlib-style-full/1"
+    else:
+        meta.update({"format": FORMAT, "config": json.dumps(adapter_config(model.unet)),
+                     "base_fingerprint": json.dumps(base_fingerprint(model.unet)), "base_id": info["base_fingerprint"]})
+    return save_tensors(path, style_tensors(model, info), meta)
+
+
+def read_style(path: str | os.PathLike) -> tuple[dict, dict]:
+    """(tensors, style info) of a style file, with a clear error for other files."""
+    tensors, meta = load_tensors(path)
+    if STYLE_KEY not in meta:
+        raise ValueError(f"{path} is not a gdlib style file (no {STYLE_KEY!r} metadata); write one with "
+                         "`gdlib train-style` or gdlib.finetune.finetune_style")
+    return tensors, json.loads(meta[STYLE_KEY])
+
+
+def load_style(model: TextToImage, path: str | os.PathLike, strict_base: bool = True) -> dict:
+    """Apply a style file to a freshly loaded base model in place (tokens, adapter/weights); return its info.
+    A file trained on another base model is a ValueError (strict_base=False: a warning)."""
+    import warnings
+
+    from .adapters import load_adapter
+    from .checkpoint import load_module_state
+
+    tensors, info = read_style(path)
+    fp = model_fingerprint(model)
+    if fp != info["base_fingerprint"]:
+        msg = (f"{path} was fine-tuned on another base model (fingerprint {info['base_fingerprint']}, "
+               f"base {info.get('base_path')!r}); this model's fingerprint is {fp}. Load the base it was trained on")
+        if strict_base:
+            raise ValueError(msg + " (or pass strict_base=False to apply it anyway)")
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+    ids = model.tokenizer.add_tokens(info["new_tokens"])
+    if info["adapter"] == "full":
+        load_module_state(model.unet, tensors, "unet.")
+    else:
+        load_adapter(model.unet, path, strict_base=strict_base)
+    if info["train_text_encoder"]:
+        load_module_state(model.text_encoder, tensors, "text_encoder.")
+    elif ids:
+        emb = model.text_encoder.token_embedding.weight
+        w = emb.numpy()
+        for i, word in zip(ids, info["new_tokens"]):
+            w[i] = tensors[f"token_embedding.{word}"]
+        emb.update(jt.array(w))
+    for p in model.parameters():
+        p.stop_grad()
+    return info
+
+
+# --------------------------------------------------------------------------------------------- training
+def _ckpt_path(out: Path) -> Path:
+    return out.with_name(out.name.replace(".safetensors", "") + ".ckpt.safetensors")
+
+
+def _save_ckpt(path: Path, params: list, opt, state: dict, run_key: str) -> None:
+    tensors = {f"param.{i}": p.numpy() for i, p in enumerate(params)}
+    for g, pg in enumerate(opt.param_groups):
+        for i, (m, v) in enumerate(zip(pg["m"], pg["values"])):
+            tensors[f"opt.{g}.m.{i}"], tensors[f"opt.{g}.v.{i}"] = m.numpy(), v.numpy()
+    save_tensors(path, tensors, {"run_key": run_key, "state": json.dumps({**state, "opt_n_step": int(opt.n_step)})})
+
+
+def _restore_ckpt(path: Path, params: list, opt, run_key: str) -> dict:
+    tensors, meta = load_tensors(path)
+    if meta.get("run_key") != run_key:
+        raise ValueError(f"{path} belongs to another fine-tune (other base, folder or options); delete it or choose "
+                         "another --out to start afresh, or rerun the original command to resume")
+    for i, p in enumerate(params):
+        p.update(jt.array(tensors[f"param.{i}"]))
+    for g, pg in enumerate(opt.param_groups):
+        for i, (m, v) in enumerate(zip(pg["m"], pg["values"])):
+            m.update(jt.array(tensors[f"opt.{g}.m.{i}"]))
+            v.update(jt.array(tensors[f"opt.{g}.v.{i}"]))
+    state = json.loads(meta["state"])
+    opt.n_step = int(state.pop("opt_n_step"))
+    return state
+
+
+def finetune_style(style: str | os.PathLike | dict, out: str | os.PathLike | None = None,
+                   config: StyleConfig | None = None, model: TextToImage | None = None,
+                   base: str | os.PathLike = DEFAULT_BASE, cache_dir: str | os.PathLike | None = None,
+                   progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Fine-tune one style (a folder, or a dict from load_style_folder) on the base model; with `out`, write the
+    style file there and resume from its checkpoint. Returns dict(model, info, history, path).
+
+    The model is changed in place (pass a fresh copy, or let `base` be loaded)."""
+    from tqdm.auto import tqdm
+
+    from .train import min_snr_weights, training_target
+
+    cfg = config or StyleConfig()
+    if cfg.steps < 0 or cfg.batch_size < 1 or cfg.lr <= 0 or cfg.prior_weight < 0:
+        raise ValueError("steps must be >= 0, batch_size >= 1, lr > 0 and prior_weight >= 0")
+    if cfg.adapter not in ADAPTER_KINDS:
+        raise ValueError(f"adapter={cfg.adapter!r}: use one of {ADAPTER_KINDS}")
+    base_path = None
+    if model is None:
+        model, base_path = load_base(base), str(base)
+    size = cfg.resolution or model.config.unet.image_size
+    ds = style if isinstance(style, dict) else load_style_folder(style, size)
+    if ds["images"].shape[-1] != size:
+        raise ValueError(f"style images are {ds['images'].shape[-1]} px but resolution is {size}")
+    if len(ds["objects"]) < 2:
+        raise ValueError("few-shot style fine-tuning needs at least 2 images")
+    keys = [k for k in (ds.get("style"), ds.get("sid")) if k]
+    fp = model_fingerprint(model)
+    caps = build_captions(model, ds["objects"], cfg, keys, str(ds.get("sid") or "00"))
+    class_x, class_caps = None, []
+    if cfg.prior_weight > 0:
+        objs = cfg.class_objects
+        if objs is None:
+            from .toyworld import OBJECTS
+            objs = [o for o in OBJECTS if o in model.tokenizer.ids]
+        P.check_words(model.tokenizer, objs, what="class objects")
+        class_x, class_caps = class_images(model, objs, cfg.num_class_images, cfg.class_steps, cfg.class_guidance,
+                                           cfg.seed, cache_dir, fp, log)
+    parts = _prepare(model, cfg, caps["new_tokens"])
+    params = parts["params"]
+    info = {"adapter": cfg.adapter, "caption_mode": cfg.caption_mode, "token": caps["token"],
+            "attributes": caps["attributes"], "style_words": caps["style_words"], "new_tokens": caps["new_tokens"],
+            "train_text_encoder": cfg.train_text_encoder, "captions": caps["captions"], "objects": ds["objects"],
+            "sid": ds.get("sid"), "style": ds.get("style"), "base_fingerprint": fp, "base_path": base_path,
+            "config": asdict(cfg)}
+    opt = jt.optim.AdamW(params, cfg.lr, weight_decay=0.0)
+    run_key = hashlib.sha256(json.dumps([fp, {k: v for k, v in asdict(cfg).items() if k != "steps"},
+                                         caps["captions"], ds["objects"],
+                                         hashlib.sha256(ds["images"].tobytes()).hexdigest()]).encode()).hexdigest()[:16]
+    state = {"step": 0, "elapsed": 0.0, "history": {"step": [], "loss": [], "prior_loss": []}}
+    out = Path(out) if out is not None else None
+    ckpt = _ckpt_path(out) if out is not None else None
+    if ckpt is not None and ckpt.is_file():
+        state = _restore_ckpt(ckpt, params, opt, run_key)
+        _keep_frozen_rows(model, parts["row_mask"])
+        log(f"resumed from {ckpt} at step {state['step']}")
+    x_inst = ds["images"].astype(np.float32)
+    ids_inst = model.tokenizer.encode(caps["captions"], strict=True)
+    ids_cls = model.tokenizer.encode(class_caps, strict=True) if class_caps else None
+    text_trains = cfg.train_text_encoder or parts["row_mask"] is not None
+    T, B = model.config.num_train_timesteps, cfg.batch_size
+    bar = tqdm(total=cfg.steps, initial=min(state["step"], cfg.steps), disable=not progress, desc="train-style",
+               mininterval=2)
+    t0, elapsed0, hist = time.time(), state["elapsed"], state["history"]
+    while state["step"] < cfg.steps:
+        step = state["step"]
+        rng = np.random.default_rng([cfg.seed, step])  # per step: a resumed run draws the same batches
+        idx = rng.integers(0, len(x_inst), B)
+        x0, ids = x_inst[idx], ids_inst[idx]
+        if cfg.flip:
+            x0 = np.where(rng.random(B)[:, None, None, None] < 0.5, x0[..., ::-1], x0)
+        n_cls = 0
+        if class_x is not None:
+            jdx = rng.integers(0, len(class_x), B)
+            x0, ids, n_cls = np.concatenate([x0, class_x[jdx]]), np.concatenate([ids, ids_cls[jdx]]), B
+        n = len(x0)
+        eps = rng.standard_normal(x0.shape).astype(np.float32)
+        t = rng.integers(0, T, n)
+        x_t = model.schedule.add_noise(x0, eps, t).astype(np.float32)
+        target = training_target(model, x0, eps, t).astype(np.float32)
+        w = min_snr_weights(model.schedule.alphas_cumprod[t], cfg.min_snr_gamma,
+                            model.config.prediction_type).astype(np.float32)
+        context = model.text_encoder(ids.astype(np.int32))
+        if not text_trains:
+            context = context.stop_grad()
+        pred = model.unet(jt.array(x_t), jt.array(t.astype(np.float32)), context)
+        per_sample = ((pred - jt.array(target)) ** 2).mean(dims=(1, 2, 3)) * jt.array(w)
+        inst_loss = per_sample[:B].mean()
+        loss = inst_loss
+        if n_cls:
+            prior_loss = per_sample[B:].mean()
+            loss = inst_loss + cfg.prior_weight * prior_loss
+        opt.backward(loss)
+        if cfg.grad_clip > 0:
+            opt.clip_grad_norm(cfg.grad_clip)
+        opt.step()
+        _keep_frozen_rows(model, parts["row_mask"])
+        loss_val = float(inst_loss.item())
+        if not math.isfinite(loss_val):
+            raise FloatingPointError(f"loss is {loss_val} at step {step}; lower the learning rate (lr={cfg.lr})")
+        state["step"] = step + 1
+        state["elapsed"] = elapsed0 + time.time() - t0
+        hist["step"].append(state["step"])
+        hist["loss"].append(loss_val)
+        hist["prior_loss"].append(float(prior_loss.item()) if n_cls else None)
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(hist['loss'][-20:]):.4f}")
+        if ckpt is not None and cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 \
+                and state["step"] < cfg.steps:
+            _save_ckpt(ckpt, params, opt, state, run_key)
+    bar.close()
+    for p in model.parameters():
+        p.stop_grad()
+    info.update(steps=state["step"], train_minutes=round(state["elapsed"] / 60, 2),
+                final_loss=float(np.mean(hist["loss"][-20:])) if hist["loss"] else None)
+    path = None
+    if out is not None:
+        _save_ckpt(ckpt, params, opt, state, run_key)
+        path = save_style(out, model, info)
+        log(f"wrote {path} after {state['step']} steps ({state['elapsed'] / 60:.1f} min)")
+    return {"model": model, "info": info, "history": hist, "path": path}
+
+
+# --------------------------------------------------------------------------------------------- scoring
+def generate_style(model: TextToImage, info: dict, objects: Sequence[str], n_per_object: int = 1, steps: int = 20,
+                   guidance: float = 4.0, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Images of `objects` in the fine-tuned style (inference prompts of info's caption mode)."""
+    from .pipeline import generate
+
+    asked = [o for o in objects for _ in range(int(n_per_object))]
+    return generate(model, [style_prompt(info, o) for o in asked], steps, guidance, seed=seed, strict=True), asked
+
+
+def score_style(model: TextToImage, info: dict, ref_images: np.ndarray, objects: Sequence[str],
+                n_per_object: int = 1, steps: int = 20, guidance: float = 4.0, seed: int = 0, ev: Any = None) -> dict:
+    """gdlib.metrics.score_set on generated images of `objects` against the few-shot references: content accuracy,
+    leakage (share drawn as one of the references' objects), style similarity, challenge-shaped score."""
+    from .metrics import score_set
+
+    if ev is None:
+        from .models.evaluators import load_evaluators
+        ev = load_evaluators()
+    images, asked = generate_style(model, info, objects, n_per_object, steps, guidance, seed)
+    out = score_set(ev, images, asked, ref_images, info["objects"])
+    out["images"], out["asked"] = images, asked
+    return out
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    d = StyleConfig()
+    p = argparse.ArgumentParser(prog="gdlib train-style", description=(
+        "Fine-tune the base model on one style folder (STYLE_DIR/images/{object}.png). Rerun the same command "
+        "to resume from OUT's checkpoint (OUT without .safetensors + .ckpt.safetensors)."))
+    p.add_argument("style_dir", help="challenge style folder, e.g. toy_challenge/00")
+    p.add_argument("--out", required=True, help="style file to write, e.g. runs/styles/00.safetensors")
+    p.add_argument("--base", default=str(DEFAULT_BASE), help="base model (.safetensors export or train-base ckpt)")
+    p.add_argument("--adapter", default=d.adapter, choices=ADAPTER_KINDS)
+    p.add_argument("--rank", type=int, default=d.rank)
+    p.add_argument("--alpha", type=float, default=None, help="default: rank")
+    p.add_argument("--targets", default=",".join(d.targets), help="comma-separated module names to adapt")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--batch", type=int, default=d.batch_size)
+    p.add_argument("--resolution", type=int, default=None, help="default: the base model's image size")
+    p.add_argument("--captions", default=d.caption_mode, choices=P.MODES)
+    p.add_argument("--token", default=None, help="identifier (default: style_NN for instance, sks for dreambooth)")
+    p.add_argument("--attributes", default=None, help="attribute table JSON (default: gdlib/data/attributes.json)")
+    p.add_argument("--new-words", default="", help="comma-separated extra words to add as new tokens")
+    p.add_argument("--prior-weight", type=float, default=d.prior_weight, help="prior-preservation weight (0: off)")
+    p.add_argument("--class-images", type=int, default=d.num_class_images)
+    p.add_argument("--class-steps", type=int, default=d.class_steps)
+    p.add_argument("--no-train-tokens", action="store_true", help="keep new tokens' embeddings at their init")
+    p.add_argument("--train-text-encoder", action="store_true")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--cache-dir", default=None, help="class-image cache (default: $GDLIB_CACHE or ~/.cache/gdlib)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main_train_style(argv: list[str]) -> int:
+    """`gdlib train-style STYLE_DIR --out FILE`: fine-tune, write the style file, print the inference prompt."""
+    a = _parser().parse_args(argv)
+    cfg = StyleConfig(adapter=a.adapter, rank=a.rank, alpha=a.alpha, targets=[t for t in a.targets.split(",") if t],
+                      steps=a.steps, lr=a.lr, batch_size=a.batch, resolution=a.resolution, caption_mode=a.captions,
+                      token=a.token, attributes=a.attributes,
+                      new_words=[w.strip().lower() for w in a.new_words.split(",") if w.strip()],
+                      prior_weight=a.prior_weight, num_class_images=a.class_images, class_steps=a.class_steps,
+                      train_tokens=not a.no_train_tokens, train_text_encoder=a.train_text_encoder, seed=a.seed,
+                      checkpoint_every=a.checkpoint_every)
+    try:
+        res = finetune_style(a.style_dir, a.out, cfg, base=a.base, cache_dir=a.cache_dir, progress=not a.no_progress)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"gdlib train-style: error: {err}")
+        return 2
+    info = res["info"]
+    print(f"captions: {info['captions']}")
+    print(f"inference prompt: {style_prompt(info, '{object}')!r}")
+    return 0

@@ -1,0 +1,212 @@
+"""gdlib.finetune: few-shot style fine-tuning on a tiny random model (no shipped checkpoint needed)."""
+import json
+
+import numpy as np
+import pytest
+
+from gdlib import runtime
+
+jt = runtime.setup_jittor()
+
+from gdlib import adapters, finetune as F, imageio, toyworld  # noqa: E402
+from gdlib.models.config import ModelConfig, TextConfig, UNetConfig  # noqa: E402
+from gdlib.pipeline import TextToImage  # noqa: E402
+from gdlib.toyworld.export import export_challenge  # noqa: E402
+
+
+def tiny_model(seed: int = 0) -> TextToImage:
+    """16 px model whose zero-initialised layers (proj_out, conv2, conv_out) are randomised, as in a trained model:
+    the text really conditions it and gradients reach the adapters."""
+    jt.set_global_seed(seed)
+    text = TextConfig(vocab=toyworld.vocabulary(), width=16, layers=1, heads=2, num_reserved=8)
+    unet = UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), attn_resolutions=(4,),
+                      self_attn_resolutions=(), heads=2, groups=4, context_dim=16)
+    model = TextToImage(ModelConfig(unet=unet, text=text))
+    rng = np.random.default_rng(seed)
+    for name, v in model.unet.state_dict().items():
+        if name.endswith("weight") and not np.any(v.numpy()):
+            v.update(jt.array((0.2 * rng.standard_normal(v.shape)).astype(np.float32)))
+    return model
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("challenge")
+    export_challenge(root, styles=["watercolor"], per_style=3, size=16, categories=["animal"])
+    return root / "00"
+
+
+def cfg(**kw) -> F.StyleConfig:
+    base = dict(steps=3, batch_size=2, lr=5e-3, checkpoint_every=0, seed=0)
+    base.update(kw)
+    return F.StyleConfig(**base)
+
+
+def _outputs(model, prompt):
+    x = jt.array(np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32))
+    t = jt.array(np.array([50.0, 600.0], np.float32))
+    with jt.no_grad():
+        return model.unet(x, t, model.encode([prompt] * 2, strict=True)).numpy()
+
+
+def _write_images(d, names, size=16):
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for n in names:
+        imageio.save_images(d, rng.uniform(-1, 1, (1, 3, size, size)).astype(np.float32), ["tmp"])
+        (d / "tmp.png").rename(d / n)
+
+
+# ---------------------------------------------------------------------------------------- bad input
+def test_style_folder_loads_with_style_name(folder):
+    ds = F.load_style_folder(folder, 16)
+    assert ds["images"].shape == (3, 3, 16, 16) and ds["style"] == "watercolor" and ds["sid"] == "00"
+    assert all(toyworld.CATEGORY_OF[o] == "animal" for o in ds["objects"]) and ds["prompts"]
+
+
+def test_folder_with_zero_or_one_image(tmp_path):
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no images"):
+        F.load_style_folder(tmp_path / "empty", 16)
+    _write_images(tmp_path / "one" / "images", ["cat.png"])
+    with pytest.raises(ValueError, match="at least 2 images"):
+        F.load_style_folder(tmp_path / "one", 16)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        F.load_style_folder(tmp_path / "nowhere", 16)
+
+
+def test_non_image_files_and_unreadable_images(tmp_path):
+    d = tmp_path / "s" / "images"
+    _write_images(d, ["cat.png", "fish.png"])
+    (d / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match=r"not images: \['notes.txt'\]"):
+        F.load_style_folder(tmp_path / "s", 16)
+    (d / "notes.txt").unlink()
+    (d / "bird.png").write_text("not really a png")
+    with pytest.raises(ValueError, match="cannot read image"):
+        F.load_style_folder(tmp_path / "s", 16)
+
+
+def test_duplicate_object_names(tmp_path):
+    _write_images(tmp_path / "s" / "images", ["cat.png", "Cat.jpg", "fish.png"])
+    with pytest.raises(ValueError, match=r"same object \['cat'\]"):
+        F.load_style_folder(tmp_path / "s", 16)
+
+
+def test_cjk_object_names(tmp_path):
+    _write_images(tmp_path / "s" / "images", ["猫.png", "fish.png"])
+    with pytest.raises(ValueError, match="猫"):
+        F.load_style_folder(tmp_path / "s", 16)
+
+
+def test_object_words_unknown_to_the_tokenizer(tmp_path):
+    _write_images(tmp_path / "s" / "images", ["dog.png", "fish.png"])
+    with pytest.raises(ValueError, match=r"\['dog'\]"):
+        F.finetune_style(tmp_path / "s", None, cfg(), model=tiny_model(), progress=False)
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="adapter"):
+        F.finetune_style({}, None, cfg(adapter="ia3"), model=tiny_model(), progress=False)
+    with pytest.raises(ValueError, match="steps must be"):
+        F.finetune_style({}, None, cfg(steps=-1), model=tiny_model(), progress=False)
+
+
+# ---------------------------------------------------------------------------------------- training + files
+def test_decoupled_dora_with_prior_trains_only_adapter_and_new_token(folder, tmp_path):
+    model = tiny_model()
+    base_state = model.state()
+    log = []
+    res = F.finetune_style(folder, tmp_path / "style.safetensors", cfg(prior_weight=1.0, num_class_images=2,
+                           class_steps=2), model=model, cache_dir=tmp_path / "cache", progress=False,
+                           log=log.append)
+    info = res["info"]
+    assert info["captions"][0].startswith("animal painting of ") and info["new_tokens"] == ["animal"]
+    assert F.style_prompt(info, "car") == "painting of car"
+    assert all(np.isfinite(res["history"]["loss"])) and all(v is not None for v in res["history"]["prior_loss"])
+    # base weights untouched except the new token's embedding row
+    after = model.state()
+    emb_key = "text_encoder.token_embedding.weight"
+    aid = model.tokenizer.ids["animal"]
+    for k, v in base_state.items():
+        if k != emb_key:  # adapted layers keep their frozen weight under .base
+            k2 = k if k in after else "{}.base.{}".format(*k.rsplit(".", 1))
+            np.testing.assert_array_equal(after[k2], v, err_msg=k)
+    keep = np.ones(len(v := after[emb_key]), bool)
+    keep[aid] = False
+    np.testing.assert_array_equal(v[keep], base_state[emb_key][keep])
+    assert not np.allclose(v[aid], base_state[emb_key][aid])
+    assert any(np.abs(layer.lora_B.numpy()).max() > 0 for layer in adapters.adapted_layers(model.unet).values())
+    # the file reloads onto a fresh base to the same outputs; it is also a gdlib adapter file
+    fresh = tiny_model()
+    info2 = F.load_style(fresh, res["path"])
+    np.testing.assert_allclose(_outputs(fresh, "animal painting of cat"), _outputs(model, "animal painting of cat"),
+                               atol=1e-5)
+    assert info2["caption_mode"] == "decoupled"
+    tensors, meta = adapters.read_adapter(res["path"])
+    assert meta["config"]["kind"] == "dora" and "token_embedding.animal" in tensors
+    # class images were cached: a second run reads them back
+    F.class_images(tiny_model(), [o for o in toyworld.OBJECTS], 2, 2, seed=0, cache_dir=tmp_path / "cache",
+                   log=log.append)
+    assert any("from cache" in m for m in log)
+
+
+def test_adapter_for_another_base_model_is_rejected(folder, tmp_path):
+    res = F.finetune_style(folder, tmp_path / "s.safetensors", cfg(caption_mode="dreambooth", adapter="lora"),
+                           model=tiny_model(0), progress=False)
+    other = tiny_model(1)
+    with pytest.raises(ValueError, match="another base model"):
+        F.load_style(other, res["path"])
+    with pytest.raises(ValueError, match="not a gdlib style file"):
+        p = tmp_path / "plain.safetensors"
+        tiny_model(0).save(p)
+        F.load_style(tiny_model(0), p)
+
+
+def test_resume_continues_the_same_run(folder, tmp_path):
+    straight = F.finetune_style(folder, tmp_path / "a.safetensors", cfg(steps=4, caption_mode="instance"),
+                                model=tiny_model(), progress=False)
+    F.finetune_style(folder, tmp_path / "b.safetensors", cfg(steps=2, caption_mode="instance"), model=tiny_model(),
+                     progress=False)
+    log = []
+    resumed = F.finetune_style(folder, tmp_path / "b.safetensors", cfg(steps=4, caption_mode="instance"),
+                               model=tiny_model(), progress=False, log=log.append)
+    assert any("resumed" in m and "step 2" in m for m in log)
+    assert resumed["info"]["token"] == "style_00" and resumed["info"]["captions"] == ["style_00"] * 3
+    np.testing.assert_allclose(resumed["history"]["loss"], straight["history"]["loss"], rtol=1e-4)
+    np.testing.assert_allclose(_outputs(resumed["model"], "a style_00 painting of a car"),
+                               _outputs(straight["model"], "a style_00 painting of a car"), atol=1e-4)
+    with pytest.raises(ValueError, match="another fine-tune"):
+        F.finetune_style(folder, tmp_path / "b.safetensors", cfg(steps=4, caption_mode="instance", lr=1e-3),
+                         model=tiny_model(), progress=False)
+
+
+def test_full_finetune_with_text_encoder_roundtrip(folder, tmp_path):
+    model = tiny_model()
+    before = model.state()
+    res = F.finetune_style(folder, tmp_path / "full.safetensors", cfg(adapter="full", lr=1e-3,
+                           caption_mode="dreambooth", train_text_encoder=True), model=model, progress=False)
+    after = model.state()
+    assert any(not np.array_equal(after[k], before[k]) for k in after if k.startswith("unet."))
+    assert any(not np.array_equal(after[k], before[k]) for k in after if k.startswith("text_encoder.layers"))
+    fresh = tiny_model()
+    F.load_style(fresh, res["path"])
+    np.testing.assert_allclose(_outputs(fresh, "a sks painting of a car"), _outputs(model, "a sks painting of a car"),
+                               atol=1e-5)
+
+
+def test_cli_train_style(folder, tmp_path, capsys):
+    base = tiny_model().save(tmp_path / "base.safetensors")
+    out = tmp_path / "cli.safetensors"
+    rc = F.main_train_style([str(folder), "--out", str(out), "--base", str(base), "--steps", "2", "--batch", "2",
+                             "--captions", "dreambooth", "--no-progress"])
+    assert rc == 0 and out.is_file()
+    assert "a sks painting of a {object}" in capsys.readouterr().out
+    _, info = F.read_style(out)
+    assert info["steps"] == 2 and info["base_path"] == str(base)
+    rc = F.main_train_style([str(tmp_path / "missing"), "--out", str(out), "--base", str(base)])
+    assert rc == 2 and "does not exist" in capsys.readouterr().out
+    from gdlib import cli
+    assert cli.COMMANDS["train-style"][0] == "gdlib.finetune:main_train_style"
+    from gdlib import train
+    assert train.finetune_style is F.finetune_style
