@@ -3,6 +3,10 @@
 Each op is timed forward + backward (gradients of sum(y * g) w.r.t. every input), interleaved in one process
 (fused, reference, torch, fused, ...) for --repeats rounds; the table gives medians and their ratios.
 Usage: python bench/kernels.py [--batch 64] [--repeats 7] [--threads N] [--ops groupnorm,attention]
+       python bench/kernels.py --unet [--batch 64] [--repeats 5] [--threads N]
+--unet times the whole UNet + text-encoder train step (forward, backward, grad clip, AdamW) with kernels on,
+kernels off and the PyTorch twin of bench/unet.py, interleaved round by round (fairer on a busy machine
+than timing one framework after the other).
 """
 from __future__ import annotations
 
@@ -19,13 +23,92 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=0, help="OpenMP/torch threads (0: all cores)")
     p.add_argument("--ops", default="groupnorm,attention")
+    p.add_argument("--unet", action="store_true", help="whole train step: kernels on / off / PyTorch twin")
     return p.parse_args(argv)
+
+
+def unet_train_step(args: argparse.Namespace) -> int:
+    """Interleaved train-step timing of gdlib's UNet (kernels on, off) and bench/unet.py's PyTorch twin."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from gdlib import kernels, runtime, toyworld
+    jt = runtime.setup_jittor()
+    from gdlib.pipeline import TextToImage
+    spec = importlib.util.spec_from_file_location("bench_unet", Path(__file__).with_name("unet.py"))
+    bu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bu)  # the twin lives in bench/unet.py (owned by the UNet issue)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    jt.set_global_seed(0)
+    model = TextToImage.from_toyworld()
+    bu.randomize(jt, model.unet)
+    t_text, t_unet = bu.build_torch_twin(model.config, model.tokenizer.vocab_size)
+    bu.copy_weights(model, t_text, t_unet)
+    B, cfgu = args.batch, model.config.unet
+    rng = np.random.default_rng(0)
+    prompts = [toyworld.caption(s, o) for s, o in zip(np.resize(toyworld.KNOWN_STYLES, B),
+                                                      np.resize(toyworld.OBJECTS, B))]
+    ids = model.tokenizer.encode(prompts)
+    x = rng.standard_normal((B, 3, cfgu.image_size, cfgu.image_size)).astype(np.float32)
+    t = rng.integers(0, 1000, B).astype(np.float32)
+    target = rng.standard_normal(x.shape).astype(np.float32)
+    t_params = list(t_text.parameters()) + list(t_unet.parameters())
+    t_opt = torch.optim.AdamW(t_params, 1e-4)
+    tx, tt, tids, ttg = (torch.from_numpy(a) for a in (x, t, ids.astype(np.int64), target))
+
+    def torch_step():
+        t_opt.zero_grad()
+        loss = ((t_unet(tx, tt, t_text(tids)) - ttg) ** 2).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(t_params, 1.0)
+        t_opt.step()
+
+    opt = jt.optim.AdamW(model.parameters(), 1e-4)
+    jx, jtt, jtg = jt.array(x), jt.array(t), jt.array(target)
+
+    def jt_step(on):
+        def run():
+            with kernels.kernels_enabled(on):
+                loss = ((model.unet(jx, jtt, model.text_encoder(ids)) - jtg) ** 2).mean()
+                opt.backward(loss)
+                opt.clip_grad_norm(1.0)
+                opt.step()
+                loss.sync()
+                jt.sync_all()
+        return run
+
+    runs = [("jittor kernels on", jt_step(True)), ("jittor kernels off", jt_step(False)), ("pytorch", torch_step)]
+    for _, fn in runs:  # warm-up: compile every shape
+        fn()
+        fn()
+    times: dict[str, list[float]] = {k: [] for k, _ in runs}
+    for _ in range(args.repeats):
+        for key, fn in runs:
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"UNet train step, batch {B}, threads {args.threads or 'all'}, {args.repeats} interleaved rounds, "
+          f"{model.num_parameters():,} parameters (jittor {jt.__version__}, torch {torch.__version__})")
+    for k, v in times.items():
+        print(f"  {k:20s} median {med[k]:7.3f} s   all: {' '.join(f'{a:.3f}' for a in v)}")
+    print(f"  ratio jittor(kernels on)/pytorch  = {med['jittor kernels on'] / med['pytorch']:.2f}")
+    print(f"  ratio jittor(kernels off)/pytorch = {med['jittor kernels off'] / med['pytorch']:.2f}")
+    print(f"  kernels speed-up (off/on)         = {med['jittor kernels off'] / med['jittor kernels on']:.2f}")
+    print("fused ops compiled:", kernels.fused_status())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     if args.threads > 0:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before Jittor/oneDNN start OpenMP
+    if args.unet:
+        return unet_train_step(args)
     import numpy as np
 
     from gdlib import runtime

@@ -54,12 +54,14 @@ def _gn_run(fn, arrs, G, silu, gy):
 
 
 # ------------------------------------------------------------------ GroupNorm
+@pytest.mark.parametrize("sp", [(3, 2), ()])  # [B, C, H, W] and LayerNorm-style rows [B, C]
 @pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize("film", [False, True])
-def test_group_norm_numerical_gradient(silu, film):
+def test_group_norm_numerical_gradient(silu, film, sp):
     """Directional derivatives of the fused op match central finite differences of its own forward."""
-    rng = np.random.default_rng(1 + 2 * silu + film)
-    B, C, G, sp = 2, 6, 3, (3, 2)
+    rng = np.random.default_rng(1 + 2 * silu + film + 4 * len(sp))
+    B, G = 2, 3
+    C = 6 if sp else 24  # rows: 8 values per group (with 2 the normalization is too curved for h = 1e-2)
     arrs = _gn_inputs(rng, B, C, sp, film=film)
     gy = rng.normal(size=(B, C, *sp)).astype(np.float32)
 
@@ -86,6 +88,8 @@ def test_group_norm_numerical_gradient(silu, film):
     (64, 64, (8, 8), 8, False, False),     # transformer block input norm
     (5, 12, (7,), 4, True, True),          # odd sizes, 1-D spatial
     (3, 8, (), 2, False, True),            # [B, C] input
+    (64 * 16, 96, (), 1, False, False),    # LayerNorm of the transformer tokens (rows x width, one group)
+    (40, 12, (), 3, True, True),           # [B, C] rows with several groups, FiLM and SiLU
 ])
 def test_group_norm_matches_reference(B, C, spatial, G, silu, film):
     """Fused forward and every gradient equal the plain-Jittor reference on real shapes."""

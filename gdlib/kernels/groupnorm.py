@@ -75,6 +75,16 @@ for (int bg = 0; bg < B * G; bg++) {
     const float r = (float)(1.0 / std::sqrt(s2 / N + @EPS));
     const float mf = (float)m;
     out1_p[bg] = mf; out2_p[bg] = r;
+    if (S == 1) {  // LayerNorm-style rows [B, C]: one vectorized loop over channels
+        const float* Ap = in1_p + (size_t)b * C + g * Cg;
+        const float* Dp = in2_p + (size_t)b * C + g * Cg;
+        float* yr = out0_p + base;
+        for (int c = 0; c < Cg; c++) {
+            const float z = (xp[c] - mf) * r * Ap[c] + Dp[c];
+            yr[c] = @SILU ? z / (1.0f + std::exp(-z)) : z;
+        }
+        continue;
+    }
     for (int c = 0; c < Cg; c++) {
         const int cc = g * Cg + c;
         const float A = in1_p[b * C + cc], D = in2_p[b * C + cc];
@@ -98,6 +108,31 @@ for (int bg = 0; bg < B * G; bg++) {
     const int b = bg / G, g = bg % G;
     const size_t base = ((size_t)b * C + (size_t)g * Cg) * S;
     const float mf = in3_p[bg], r = in4_p[bg];
+    if (S == 1) {  // LayerNorm-style rows [B, C]: P = gz * x_hat and Q = gz per channel, loops over channels
+        const size_t o = (size_t)b * C + g * Cg;
+        const float* xr = in0_p + base;
+        const float* gr = in5_p + base;
+        float* gz = out0_p + base;
+        float sAPf = 0, sAQf = 0;
+        for (int c = 0; c < Cg; c++) {
+            const float xh = (xr[c] - mf) * r;
+            float gk = gr[c];
+            if (@SILU) {
+                const float z = xh * in1_p[o + c] + in2_p[o + c];
+                const float sg = 1.0f / (1.0f + std::exp(-z));
+                gk = gk * sg * (1.0f + z * (1.0f - sg));
+            }
+            gz[c] = gk;
+            out1_p[o + c] = gk * xh; out2_p[o + c] = gk;
+            sAPf += in1_p[o + c] * gk * xh; sAQf += in1_p[o + c] * gk;
+        }
+        const float c1 = sAQf * invN, c2 = sAPf * invN;
+        for (int c = 0; c < Cg; c++) {
+            const float xh = (xr[c] - mf) * r;
+            gz[c] = r * (gz[c] * in1_p[o + c] - c1 - xh * c2);
+        }
+        continue;
+    }
     double sAP = 0, sAQ = 0;
     for (int c = 0; c < Cg; c++) {
         const int cc = g * Cg + c;
