@@ -526,6 +526,21 @@ def main_train_style(argv: list[str]) -> int:
         print(f"gdlib train-style: error: {err}")
         return 2
     info = res["info"]
+    import shlex
+    import sys
+
+    from .toyworld import DATA_VERSION
+    card = {"command": "gdlib train-style " + " ".join(shlex.quote(x) for x in argv),
+            "data": f"style folder {a.style_dir} (style {info['style'] or 'unknown'}, objects {info['objects']}); "
+                    f"ToyWorld data version {DATA_VERSION} if it is a ToyWorld export",
+            "base": {"path": a.base, "fingerprint": info["base_fingerprint"]},
+            "captions": info["captions"], "inference_prompt": style_prompt(info, "{object}"),
+            "steps": info["steps"], "train_minutes": info["train_minutes"],
+            "metrics": {"final_loss_last20": info["final_loss"]}, "config": info["config"],
+            "backend": f"{runtime.info()['backend']}, python {sys.version.split()[0]}"}
+    card_path = Path(a.out).with_name(Path(a.out).name.replace(".safetensors", "") + ".card.json")
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    print(f"model card: {card_path}")
     print(f"captions: {info['captions']}")
     print(f"inference prompt: {style_prompt(info, '{object}')!r}")
     return 0

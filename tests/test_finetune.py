@@ -204,6 +204,8 @@ def test_cli_train_style(folder, tmp_path, capsys):
     assert "a sks painting of a {object}" in capsys.readouterr().out
     _, info = F.read_style(out)
     assert info["steps"] == 2 and info["base_path"] == str(base)
+    card = json.loads((tmp_path / "cli.card.json").read_text())
+    assert card["command"].startswith("gdlib train-style") and card["steps"] == 2
     rc = F.main_train_style([str(tmp_path / "missing"), "--out", str(out), "--base", str(base)])
     assert rc == 2 and "does not exist" in capsys.readouterr().out
     from gdlib import cli
