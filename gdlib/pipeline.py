@@ -20,7 +20,9 @@ from .models.text import TextEncoder, Tokenizer  # noqa: E402
 from .models.unet import UNet, count_parameters  # noqa: E402
 from .schedules import NoiseSchedule  # noqa: E402
 
-DEFAULT_BASE = Path(__file__).resolve().parent.parent / "data" / "base" / "base.safetensors"
+# the shipped base checkpoint; GDLIB_BASE_CHECKPOINT points elsewhere (e.g. a run's exported weights)
+DEFAULT_BASE = Path(os.environ.get("GDLIB_BASE_CHECKPOINT") or
+                    Path(__file__).resolve().parent.parent / "data" / "base" / "base.safetensors")
 
 
 class TextToImage:
