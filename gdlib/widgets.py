@@ -118,7 +118,7 @@ def rb_explorer(model, prompts, x_ref, psis: dict | None = None, num_inference_s
     psis = dict(psis) if psis else {"gram": GramDescriptor()}
     prompts = list(prompts)
     controls = {
-        "lam_style": W.FloatSlider(value=1.0, min=0.0, max=20.0, step=0.5, description="style weight"),
+        "lam_style": W.FloatLogSlider(value=1e3, base=10, min=-1, max=4, step=0.25, description="style weight"),
         "num_iter": W.IntSlider(value=3, min=0, max=6, description="num_iter"),
         "tau": W.IntSlider(value=num_inference_steps, min=0, max=num_inference_steps, description="tau"),
         "eta": W.FloatSlider(value=0.1, min=0.0, max=0.3, step=0.01, description="eta (lr)"),
