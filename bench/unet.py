@@ -293,8 +293,7 @@ def torch_ddim_cfg(unet, text, ids, uncond_ids, x_T, schedule, steps, w):
             a_prev = float(abar[tp]) if tp >= 0 else schedule.final_alpha_cumprod
             x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
             if schedule.clip_sample:
-                x0 = x0.clamp(-1, 1)
-                eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
+                x0 = x0.clamp(-1, 1)  # eps_hat is kept, as in diffusers' DDIMScheduler and gdlib.sampling
             x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
     return x
 
