@@ -87,3 +87,23 @@ def write_model_card(directory: str | os.PathLike, card: dict[str, Any], title: 
         tmp.write_text(text)
         os.replace(tmp, path)
     return js, md
+
+
+def optimizer_tensors(opt) -> dict[str, np.ndarray]:
+    """A Jittor Adam/AdamW's first and second moments as named arrays ("opt.{group}.m|v.{i}")."""
+    tensors = {}
+    for g, pg in enumerate(opt.param_groups):
+        for i, (m, v) in enumerate(zip(pg["m"], pg["values"])):
+            tensors[f"opt.{g}.m.{i}"], tensors[f"opt.{g}.v.{i}"] = m.numpy(), v.numpy()
+    return tensors
+
+
+def restore_optimizer(opt, tensors: dict[str, np.ndarray], n_step: int) -> None:
+    """Put optimizer_tensors' moments and the step count back into the optimizer (for resume)."""
+    import jittor as jt  # gdlib has configured Jittor by the time an optimizer exists
+
+    for g, pg in enumerate(opt.param_groups):
+        for i, (m, v) in enumerate(zip(pg["m"], pg["values"])):
+            m.update(jt.array(tensors[f"opt.{g}.m.{i}"]))
+            v.update(jt.array(tensors[f"opt.{g}.v.{i}"]))
+    opt.n_step = int(n_step)

@@ -28,7 +28,7 @@ from . import runtime
 jt = runtime.setup_jittor()
 
 from .adapters import DEFAULT_TARGETS  # noqa: E402
-from .checkpoint import load_tensors, save_tensors  # noqa: E402
+from .checkpoint import load_tensors, optimizer_tensors, restore_optimizer, save_tensors  # noqa: E402
 from .pipeline import DEFAULT_BASE, TextToImage  # noqa: E402
 
 ADAPTER_KINDS = ("lora", "dora", "full")
@@ -307,9 +307,7 @@ def _ckpt_path(out: Path) -> Path:
 
 def _save_ckpt(path: Path, params: list, opt, state: dict, run_key: str) -> None:
     tensors = {f"param.{i}": p.numpy() for i, p in enumerate(params)}
-    for g, pg in enumerate(opt.param_groups):
-        for i, (m, v) in enumerate(zip(pg["m"], pg["values"])):
-            tensors[f"opt.{g}.m.{i}"], tensors[f"opt.{g}.v.{i}"] = m.numpy(), v.numpy()
+    tensors.update(optimizer_tensors(opt))
     save_tensors(path, tensors, {"run_key": run_key, "state": json.dumps({**state, "opt_n_step": int(opt.n_step)})})
 
 
@@ -320,12 +318,8 @@ def _restore_ckpt(path: Path, params: list, opt, run_key: str) -> dict:
                          "another --out to start afresh, or rerun the original command to resume")
     for i, p in enumerate(params):
         p.update(jt.array(tensors[f"param.{i}"]))
-    for g, pg in enumerate(opt.param_groups):
-        for i, (m, v) in enumerate(zip(pg["m"], pg["values"])):
-            m.update(jt.array(tensors[f"opt.{g}.m.{i}"]))
-            v.update(jt.array(tensors[f"opt.{g}.v.{i}"]))
     state = json.loads(meta["state"])
-    opt.n_step = int(state.pop("opt_n_step"))
+    restore_optimizer(opt, tensors, state.pop("opt_n_step"))
     return state
 
 

@@ -18,7 +18,7 @@ from . import runtime
 
 jt = runtime.setup_jittor()
 
-from .checkpoint import load_tensors, save_tensors  # noqa: E402
+from .checkpoint import load_tensors, optimizer_tensors, restore_optimizer, save_tensors  # noqa: E402
 from .models.config import ModelConfig, TextConfig, UNetConfig  # noqa: E402
 from .pipeline import TextToImage  # noqa: E402
 
@@ -108,10 +108,7 @@ def save_checkpoint(path: Path, model: TextToImage, ema: TextToImage, opt, state
     """Model, EMA, AdamW moments and loop state in one safetensors file (atomic)."""
     tensors = {"model." + k: v for k, v in model.state().items()}
     tensors.update({"ema." + k: v for k, v in ema.state().items()})
-    for g, pg in enumerate(opt.param_groups):
-        for i, (m, v) in enumerate(zip(pg["m"], pg["values"])):
-            tensors[f"opt.{g}.m.{i}"] = m.numpy()
-            tensors[f"opt.{g}.v.{i}"] = v.numpy()
+    tensors.update(optimizer_tensors(opt))
     meta = {**model.metadata(), "train_state": json.dumps({**state, "opt_n_step": int(opt.n_step)})}
     return save_tensors(path, tensors, meta)
 
@@ -123,12 +120,8 @@ def _restore(path: Path, model: TextToImage, ema: TextToImage, opt) -> dict:
                          f"or the same model options (saved: {meta.get('config')})")
     model.load_state({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     ema.load_state({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    for g, pg in enumerate(opt.param_groups):
-        for i, (m, v) in enumerate(zip(pg["m"], pg["values"])):
-            m.update(jt.array(tensors[f"opt.{g}.m.{i}"]))
-            v.update(jt.array(tensors[f"opt.{g}.v.{i}"]))
     state = json.loads(meta["train_state"])
-    opt.n_step = int(state.pop("opt_n_step"))
+    restore_optimizer(opt, tensors, state.pop("opt_n_step"))
     return state
 
 
