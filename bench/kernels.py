@@ -14,7 +14,8 @@ import argparse
 import os
 import statistics
 import sys
-import time
+
+from gdlib.timing import interleaved
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -82,15 +83,7 @@ def unet_train_step(args: argparse.Namespace) -> int:
         return run
 
     runs = [("jittor kernels on", jt_step(True)), ("jittor kernels off", jt_step(False)), ("pytorch", torch_step)]
-    for _, fn in runs:  # warm-up: compile every shape
-        fn()
-        fn()
-    times: dict[str, list[float]] = {k: [] for k, _ in runs}
-    for _ in range(args.repeats):
-        for key, fn in runs:
-            t0 = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - t0)
+    times = interleaved(runs, args.repeats)  # warm-up compiles every shape first
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"UNet train step, batch {B}, threads {args.threads or 'all'}, {args.repeats} interleaved rounds, "
           f"{model.num_parameters():,} parameters (jittor {jt.__version__}, torch {torch.__version__})")
@@ -194,15 +187,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'ref/fused':>9s} {'fused/torch':>11s} {'ref/torch':>9s}")
     for name, fused, ref, tch in cases:
         runs = [("fused", fused), ("ref", ref)] + ([("torch", tch)] if tch else [])
-        for _, fn in runs:  # warm-up: compile every shape once
-            fn()
-            fn()
-        times: dict[str, list[float]] = {k: [] for k, _ in runs}
-        for _ in range(args.repeats):
-            for key, fn in runs:
-                t0 = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - t0)
+        times = interleaved(runs, args.repeats)
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         t_ms = med.get("torch", float("nan"))
         print(f"{name:58s} {med['fused']:9.2f} {med['ref']:9.2f} {t_ms:9.2f} {med['ref'] / med['fused']:9.2f} "

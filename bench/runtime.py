@@ -14,9 +14,10 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
+
+from gdlib.timing import interleaved  # noqa: E402  (import gdlib before Jittor: it configures the runtime)
 
 CHANNELS = (3, 32, 64, 64)
 
@@ -36,17 +37,10 @@ def make_inputs(batch: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, 
 
 
 def time_interleaved(variants: dict[str, dict], repeats: int, warmup: int = 2) -> dict[str, dict[str, float]]:
-    """Median time of each variant's train and infer closures, measured in alternating rounds
-    so that load from other processes on a shared machine hits every variant alike."""
-    out = {name: {"train": [], "infer": []} for name in variants}
-    for r in range(warmup + repeats):
-        for name, v in variants.items():
-            for kind in ("train", "infer"):
-                t0 = time.perf_counter()
-                v[kind]()
-                if r >= warmup:
-                    out[name][kind].append(time.perf_counter() - t0)
-    return {name: {k: statistics.median(ts) for k, ts in d.items()} for name, d in out.items()}
+    """Median time of each variant's train and infer closures, timed in alternating rounds."""
+    runs = [((name, kind), v[kind]) for name, v in variants.items() for kind in ("train", "infer")]
+    times = interleaved(runs, repeats, warmup)
+    return {name: {kind: statistics.median(times[(name, kind)]) for kind in ("train", "infer")} for name in variants}
 
 
 def build_jittor(batch: int) -> dict:

@@ -26,3 +26,18 @@ def cold_warm(fn: Callable[[], Any], repeats: int = 5) -> dict[str, float]:
         _sync(fn())
         ts.append(time.perf_counter() - t0)
     return {"cold": cold, "warm": statistics.median(ts)}
+
+
+def interleaved(runs: list[tuple[str, Callable[[], Any]]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Time each named closure in alternating rounds (after `warmup` untimed calls each), so that load from
+    other processes on a shared machine hits every variant alike; returns the seconds of each round."""
+    for _ in range(warmup):
+        for _, fn in runs:
+            _sync(fn())
+    times: dict[str, list[float]] = {name: [] for name, _ in runs}
+    for _ in range(repeats):
+        for name, fn in runs:
+            t0 = time.perf_counter()
+            _sync(fn())
+            times[name].append(time.perf_counter() - t0)
+    return times
