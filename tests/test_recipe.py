@@ -1,0 +1,111 @@
+"""gdlib.recipe (Guided DoRA end to end): variants, run_style, the generate / demo / ablation commands, on a tiny
+random base model saved to a temporary file (the shipped checkpoint is exercised by notebook 06)."""
+import json
+
+import numpy as np
+import pytest
+
+from gdlib import runtime
+
+jt = runtime.setup_jittor()
+
+from gdlib import imageio, recipe  # noqa: E402
+from gdlib.guidance import RBConfig  # noqa: E402
+from gdlib.toyworld.export import export_challenge  # noqa: E402
+from conftest import tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base") / "tiny.safetensors"
+    tiny_model(size=16).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def challenge(tmp_path_factory):
+    root = tmp_path_factory.mktemp("challenge")
+    export_challenge(root, styles=["watercolor", "mosaic"], per_style=3, size=16)
+    return root
+
+
+def quick(**kw) -> recipe.RecipeConfig:
+    d = dict(steps=2, batch_size=2, sample_steps=3, rb=RBConfig(lam_style=1e3, num_iter=1))
+    d.update(kw)
+    return recipe.RecipeConfig(**d)
+
+
+def test_variants_by_name_and_errors():
+    assert [v.name for v in recipe.variants()] == ["baseline", "dora", "dora_decoupled", "guided_dora"]
+    assert [v.name for v in recipe.variants("dora, guided_dora")] == ["dora", "guided_dora"]
+    base = recipe.VARIANTS["baseline"]
+    assert (base.adapter, base.caption_mode, base.guided) == ("lora", "instance", False)
+    g = recipe.VARIANTS["guided_dora"]
+    assert (g.adapter, g.caption_mode, g.guided) == ("dora", "decoupled", True)
+    with pytest.raises(ValueError, match="unknown variant"):
+        recipe.variants("dora,lora_xl")
+
+
+def test_run_style_shares_the_finetune_and_guidance_changes_the_images(challenge, base):
+    runs = recipe.run_style(challenge / "00", ["dora_decoupled", "guided_dora"], quick(), base, log=lambda s: None)
+    plain, guided = runs["dora_decoupled"], runs["guided_dora"]
+    prompts = imageio.read_prompts(challenge / "00" / "prompt.json")
+    assert plain["asked"] == guided["asked"] == list(prompts.values())
+    assert plain["images"].shape == (len(prompts), 3, 16, 16)
+    assert plain["info"] is guided["info"]                    # one fine-tune serves both variants
+    assert plain["info"]["caption_mode"] == "decoupled" and plain["info"]["adapter"] == "dora"
+    assert np.abs(plain["images"] - guided["images"]).max() > 1e-3
+    for r in runs.values():
+        s = r["scores"]
+        assert 0.0 <= s["content_accuracy"] <= 1.0 and np.isfinite(s["final"])
+        assert s["final"] == pytest.approx(s["style"] * (s["text"] + s["quality"]))
+
+
+def test_ablation_writes_scoreable_predictions_and_a_table(challenge, base, tmp_path):
+    res = recipe.run_ablation(challenge, ["baseline", "guided_dora"], quick(), base, out=tmp_path / "pred",
+                              log=lambda s: None)
+    assert set(res["table"]) == {"baseline", "guided_dora"} and set(res["runs"]) == {"00", "01"}
+    for v in ("baseline", "guided_dora"):
+        assert res["mean"][v]["final"] == pytest.approx(np.mean([res["table"][v][s]["final"] for s in ("00", "01")]))
+        preds = imageio.load_predictions(tmp_path / "pred" / v, 16)
+        assert sorted(preds) == ["00", "01"]
+    md = recipe.ablation_markdown(res)
+    assert md.count("\n| ") == 3 and "challenge baseline" in md and f"{res['mean']['guided_dora']['final']:.3f}" in md
+
+
+def test_write_readme_table(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{recipe.README_BEGIN}\nold table\n{recipe.README_END}\nrest\n")
+    recipe.write_readme_table(readme, "| new |")
+    assert readme.read_text() == f"intro\n{recipe.README_BEGIN}\n| new |\n{recipe.README_END}\nrest\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        recipe.write_readme_table(readme, "x")
+
+
+def test_cli_generate_writes_the_challenge_layout(challenge, base, tmp_path, capsys):
+    common = ["--base", str(base), "--sample-steps", "2", "--num-iter", "1"]
+    assert recipe.main_generate([str(challenge / "01"), "--out", str(tmp_path / "out"), *common]) == 0
+    prompts = imageio.read_prompts(challenge / "01" / "prompt.json")
+    assert sorted(p.stem for p in (tmp_path / "out" / "01").iterdir()) == sorted(prompts.values())
+    assert "RB-Modulation" in capsys.readouterr().out
+    # bad input: a folder without prompts, an adapter that is not a style file
+    (tmp_path / "np" / "images").mkdir(parents=True)
+    for f in (challenge / "01" / "images").iterdir():
+        (tmp_path / "np" / "images" / f.name).write_bytes(f.read_bytes())
+    assert recipe.main_generate([str(tmp_path / "np"), "--out", str(tmp_path / "o2"), *common]) == 2
+    assert "pass --prompts" in capsys.readouterr().out
+    assert recipe.main_generate([str(challenge / "01"), "--out", str(tmp_path / "o3"), "--adapter", str(base),
+                                 *common]) == 2
+    assert "not a gdlib style file" in capsys.readouterr().out
+
+
+def test_cli_demo_writes_figure_and_scores(base, tmp_path, capsys):
+    code = recipe.main_demo(["--base", str(base), "--out", str(tmp_path), "--steps", "2", "--sample-steps", "2",
+                             "--num-iter", "1", "--no-progress"])
+    assert code == 0
+    assert (tmp_path / "demo.png").stat().st_size > 1000
+    text = (tmp_path / "demo_scores.md").read_text()
+    assert "Guided DoRA" in text and "DoRA + decoupled prompts" in text
+    assert recipe.main_demo(["--base", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path)]) == 2
+    assert "not found" in capsys.readouterr().out
