@@ -231,3 +231,28 @@ def tradeoff(x: Sequence[float], y: Sequence[float], labels: Sequence[str], xlab
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def grouped_bars(rows: dict[str, dict[str, float]], metrics: Sequence[str], title: str | None = None,
+                 ylabel: str = "score", fmt: str = "{:.2f}"):
+    """Grouped bar chart: one group per metric, one bar per row name (e.g. ablation variants), labelled."""
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(1.5 + 1.6 * len(metrics), 3.4))
+    for i, name in enumerate(names):
+        xs = np.arange(len(metrics)) + (i - (len(names) - 1) / 2) * width
+        vals = [rows[name][m] for m in metrics]
+        rects = ax.bar(xs, vals, width, label=name)
+        for r, v in zip(rects, vals):
+            ax.annotate(fmt.format(v), (r.get_x() + r.get_width() / 2, r.get_height()), ha="center", va="bottom",
+                        fontsize=6)
+    ax.set_xticks(np.arange(len(metrics)))
+    ax.set_xticklabels(metrics)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -117,7 +117,9 @@ def run_style(style: str | Path | dict, names: Sequence[str] | str | None = None
         t1 = time.time()
         images = generate_predictions(model, info, objects, cfg, ds["images"] if v.guided else None)
         scores = score_set(ev, images, list(objects), ds["images"], ds["objects"])
+        scores["style_name"] = ds.get("style") or scores["ref_style"]
         out[v.name] = {"images": images, "asked": list(objects), "scores": scores, "info": info,
+                       "refs": ds["images"], "ref_objects": list(ds["objects"]),
                        "seconds": {"finetune": round(t_train, 1), "generate": round(time.time() - t1, 1)}}
         log(f"  {ds.get('sid') or '?'} {ds.get('style') or ''} {v.name:<15} Final {scores['final']:.3f} "
             f"(Style {scores['style']:.3f}, Text {scores['text']:.3f}, Quality {scores['quality']:.3f}; "
@@ -336,11 +338,11 @@ def main_demo(argv: list[str]) -> int:
     print("[2/3] generated both ways; [3/3] writing the figure and the scores")
     from .imageio import save_images
 
-    r0, r1 = runs["dora_decoupled"], runs["guided_dora"]
+    r0 = runs["dora_decoupled"]
     for name, r in runs.items():
         save_images(out / "predictions" / name / "00", r["images"], r["asked"])
-    ds = load_style_folder(style_dir, r0["images"].shape[-1])
-    fig = demo_figure(ds, r0["images"], r1["images"], r0["asked"], a.style)
+    fig = panel_figure(style_panel({"runs": {"00": runs}}, "00"),
+                       f"held-out style {a.style!r}: unseen objects without and with RB-Modulation")
     fig.savefig(out / "demo.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     table = variant_table({name: r["scores"] for name, r in runs.items()})
@@ -350,15 +352,30 @@ def main_demo(argv: list[str]) -> int:
     return 0
 
 
-def demo_figure(ds: dict, plain: np.ndarray, guided: np.ndarray, asked: Sequence[str], style: str = ""):
-    """References (first row) above the unseen objects without and with guidance."""
+def style_panel(result: dict, sid: str, variant: str = "all") -> dict:
+    """One style of an ablation (run_ablation's result) as a grid: references, then one row per variant (or only
+    `variant`); dict(images, titles, row_labels, nrow, scores)."""
+    if sid not in result["runs"]:
+        raise ValueError(f"unknown style set {sid!r}; the ablation has {sorted(result['runs'])}")
+    run = result["runs"][sid]
+    names = list(run) if variant == "all" else [variant]
+    unknown = [n for n in names if n not in run]
+    if unknown:
+        raise ValueError(f"variant {unknown[0]!r} was not run; choose from {['all'] + list(run)}")
+    first = run[names[0]]
+    refs, asked = first["refs"], first["asked"]
+    n = len(asked)
+    pad = np.full((max(0, n - len(refs)),) + refs.shape[1:], -1.0, np.float32)
+    rows = [np.concatenate([refs[:n], pad])] + [run[v]["images"] for v in names]
+    titles = list(first["ref_objects"][:n]) + [""] * len(pad) + [o for _ in names for o in asked]
+    return {"images": np.concatenate(rows), "titles": titles, "nrow": n,
+            "row_labels": ["references"] + [VARIANTS[v].label.split(":")[0] if v in VARIANTS else v for v in names],
+            "scores": {v: run[v]["scores"] for v in names}}
+
+
+def panel_figure(panel: dict, suptitle: str | None = None):
+    """style_panel's grid as a figure (rows: references, then variants)."""
     from . import plot
 
-    n = len(asked)
-    refs = np.full((n,) + plain.shape[1:], -1.0, np.float32)  # black padding after the K references
-    k = min(n, len(ds["images"]))
-    refs[:k] = ds["images"][:k]
-    titles = list(ds["objects"][:k]) + [""] * (n - k) + list(asked) + list(asked)
-    return plot.image_grid(np.concatenate([refs, plain, guided]), nrow=n, titles=titles,
-                           row_labels=["references", "DoRA+decoupled", "Guided DoRA"],
-                           suptitle=f"held-out style {style!r}: unseen objects without and with RB-Modulation")
+    return plot.image_grid(panel["images"], nrow=panel["nrow"], titles=panel["titles"],
+                           row_labels=panel["row_labels"], suptitle=suptitle)

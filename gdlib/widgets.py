@@ -140,3 +140,33 @@ def rb_explorer(model, prompts, x_ref, psis: dict | None = None, num_inference_s
         plt.close(fig)
 
     return Explorer(fn, controls, render=render)  # call .update() once to draw the first grid
+
+
+def ablation_explorer(result: dict) -> Explorer:
+    """Style set / variant -> references above the variants' images, with the scores (pure function:
+    gdlib.recipe.style_panel over a gdlib.recipe.run_ablation result; nothing is recomputed)."""
+    import ipywidgets as W
+
+    from .recipe import panel_figure, style_panel
+
+    sids = list(result["runs"])
+    names = list(next(iter(result["runs"].values())))
+    controls = {
+        "sid": W.Dropdown(options=[(f"{s} {result['runs'][s][names[0]]['scores']['style_name']}", s) for s in sids],
+                          value=sids[0], description="style set"),
+        "variant": W.Dropdown(options=["all"] + names, value="all", description="variant"),
+    }
+
+    def fn(sid: str, variant: str):
+        return style_panel(result, sid, variant)
+
+    def render(panel):
+        import matplotlib.pyplot as plt
+        fig = panel_figure(panel)
+        plt.show()
+        plt.close(fig)
+        for v, s in panel["scores"].items():
+            print(f"{v:<15} Style {s['style']:.3f}  Text {s['text']:.3f}  Quality {s['quality']:.3f}  "
+                  f"Final {s['final']:.3f}  (content {s['content_accuracy']:.2f}, leakage {s['leakage']:.2f})")
+
+    return Explorer(fn, controls, render=render)  # call .update() once to draw the first grid

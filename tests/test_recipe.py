@@ -109,3 +109,26 @@ def test_cli_demo_writes_figure_and_scores(base, tmp_path, capsys):
     assert "Guided DoRA" in text and "DoRA + decoupled prompts" in text
     assert recipe.main_demo(["--base", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().out
+
+
+def test_style_panel_and_its_widget(challenge, base):
+    from gdlib.widgets import ablation_explorer
+
+    res = recipe.run_ablation(challenge, ["baseline", "guided_dora"], quick(), base, log=lambda s: None)
+    panel = recipe.style_panel(res, "01")
+    n = len(res["runs"]["01"]["baseline"]["asked"])
+    assert panel["images"].shape == (3 * n, 3, 16, 16) and panel["nrow"] == n and len(panel["titles"]) == 3 * n
+    assert np.array_equal(panel["images"][2 * n:], res["runs"]["01"]["guided_dora"]["images"])
+    with pytest.raises(ValueError, match="unknown style set"):
+        recipe.style_panel(res, "07")
+    with pytest.raises(ValueError, match="was not run"):
+        recipe.style_panel(res, "00", "dora")
+    ex = ablation_explorer(res)
+    ex.update()
+    assert ex.error is None and ex.result["images"].shape[0] == 3 * n
+    ex.controls["variant"].value = "baseline"
+    assert ex.error is None and ex.result["images"].shape[0] == 2 * n
+    assert np.array_equal(ex.result["images"][n:], res["runs"]["00"]["baseline"]["images"])
+    assert list(ex.result["scores"]) == ["baseline"]
+    ex.controls["sid"].value = "01"
+    assert np.array_equal(ex.result["images"][n:], res["runs"]["01"]["baseline"]["images"])
