@@ -160,14 +160,19 @@ def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x + sigma * rng.standard_normal(x.shape).astype(np.float32), -1, 1).astype(np.float32)
 
 
+def style_residual(emb: "jt.Var", style_labels: np.ndarray) -> "jt.Var":
+    """r_i = z_i - mean_{style(j) = style(i)} z_j: what is left of each embedding once its style's mean is removed."""
+    sl = np.asarray(style_labels).reshape(-1)
+    same_style = (sl[:, None] == sl[None, :]).astype(np.float32)
+    return emb - jt.matmul(jt.array(same_style / same_style.sum(1, keepdims=True)), emb)
+
+
 def content_invariance_loss(emb: "jt.Var", style_labels: np.ndarray, object_labels: np.ndarray) -> "jt.Var":
     """Linear content leakage: with r_i = z_i - mean_{style(i)} z, the mean over objects o of ||mean_{obj = o} r||^2.
     It is zero when, once the style is removed, no object has its own mean direction (what a linear probe uses)."""
-    sl, ol = np.asarray(style_labels).reshape(-1), np.asarray(object_labels).reshape(-1)
-    n = len(sl)
-    same_style = (sl[:, None] == sl[None, :]).astype(np.float32)
-    avg_style = jt.array(same_style / same_style.sum(1, keepdims=True))
-    r = emb - jt.matmul(avg_style, emb)
+    ol = np.asarray(object_labels).reshape(-1)
+    n = len(ol)
+    r = style_residual(emb, style_labels)
     objs = np.unique(ol)
     onehot = (ol[None, :] == objs[:, None]).astype(np.float32)
     centroids = jt.matmul(jt.array(onehot / onehot.sum(1, keepdims=True)), r)
@@ -176,9 +181,11 @@ def content_invariance_loss(emb: "jt.Var", style_labels: np.ndarray, object_labe
 
 def train_csd(styles: Sequence[str] | None = None, steps: int = 300, batch_styles: int = 8, per_style: int = 8,
               lr: float = 2e-3, temperature: float = 0.1, n_per_pair: int = 3, seed: int = 0, width: int = 24,
-              dim: int = 64, lam_invariance: float = 5.0, max_seconds: float | None = None,
+              dim: int = 64, lam_invariance: float = 5.0, lam_confusion: float = 0.0, max_seconds: float | None = None,
               log: Callable[[str], None] = print) -> tuple:
-    """Train the contrastive style descriptor on ToyWorld `styles` (default: the known styles); returns (net, card)."""
+    """Train the contrastive style descriptor on ToyWorld `styles` (default: the known styles); returns (net, card).
+    lam_confusion > 0 adds an adversary (MLP: style residual -> object) trained alongside, and a confusion term
+    that pushes its prediction toward uniform (domain confusion, Tzeng et al. 2015, Eq. 4)."""
     from . import toyworld
 
     styles = list(toyworld.KNOWN_STYLES if styles is None else styles)
@@ -195,7 +202,9 @@ def train_csd(styles: Sequence[str] | None = None, steps: int = 300, batch_style
     jt.set_global_seed(seed)
     net = ContrastiveStyleDescriptor(width, dim)
     opt = jt.optim.Adam(net.parameters(), lr=lr)
-    losses, step = [], 0
+    adversary = nn.Sequential(nn.Linear(dim, 64), nn.ReLU(), nn.Linear(64, n_obj)) if lam_confusion > 0 else None
+    opt_adv = jt.optim.Adam(adversary.parameters(), lr=lr) if adversary is not None else None
+    losses, adv_acc, step = [], [], 0
     for step in range(1, steps + 1):
         chosen = rng.choice(sorted(by_style), size=batch_styles, replace=False)
         objs = rng.choice(n_obj, size=max(per_style // 2, 2), replace=False)  # shared objects: style vs content
@@ -205,7 +214,14 @@ def train_csd(styles: Sequence[str] | None = None, steps: int = 300, batch_style
         loss = supcon_loss(emb, sty[idx], temperature)
         if lam_invariance > 0:
             loss = loss + lam_invariance * content_invariance_loss(emb, sty[idx], obj[idx])
+        if adversary is not None:
+            r = style_residual(emb, sty[idx])
+            loss = loss - lam_confusion * nn.log_softmax(adversary(r), dim=1).mean()  # CE to the uniform
         opt.step(loss)
+        if adversary is not None:
+            logits = adversary(r.detach())
+            opt_adv.step(nn.cross_entropy_loss(logits, jt.array(obj[idx].astype(np.int32))))
+            adv_acc.append(float((logits.numpy().argmax(1) == obj[idx]).mean()))
         losses.append(float(loss.item()))
         if step % 50 == 0:
             log(f"train_csd step {step}/{steps} loss {np.mean(losses[-50:]):.4f} ({time.time() - t0:.0f} s)")
@@ -214,7 +230,9 @@ def train_csd(styles: Sequence[str] | None = None, steps: int = 300, batch_style
             break
     card = {"descriptor": "csd", "train_styles": styles, "steps": step, "batch": batch_styles * per_style,
             "lr": lr, "temperature": temperature, "n_per_pair": n_per_pair, "seed": seed, "width": width,
-            "dim": dim, "lam_invariance": lam_invariance, "data_version": toyworld.DATA_VERSION,
+            "dim": dim, "lam_invariance": lam_invariance, "lam_confusion": lam_confusion,
+            "adversary_train_accuracy_last50": float(np.mean(adv_acc[-50:])) if adv_acc else None,
+            "data_version": toyworld.DATA_VERSION,
             "final_loss": float(np.mean(losses[-20:])),
             "train_seconds": round(time.time() - t0, 1)}
     return net, card
@@ -362,9 +380,11 @@ def main_train_csd(argv: list[str]) -> int:
     p.add_argument("--max-seconds", type=float, default=300.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lam-invariance", type=float, default=5.0, help="weight of the content-invariance loss")
+    p.add_argument("--lam-confusion", type=float, default=0.0, help="weight of the adversarial content-confusion loss")
     p.add_argument("--out", default=str(DEFAULT_DIR))
     a = p.parse_args(argv)
-    net, card = train_csd(steps=a.steps, seed=a.seed, max_seconds=a.max_seconds, lam_invariance=a.lam_invariance)
+    net, card = train_csd(steps=a.steps, seed=a.seed, max_seconds=a.max_seconds, lam_invariance=a.lam_invariance,
+                          lam_confusion=a.lam_confusion)
     net.eval()
     card["command"] = "gdlib train-csd " + " ".join(argv) if argv else "gdlib train-csd"
     card["heldout_eval"] = {"csd": evaluate_descriptor(net), "gram (random conv, for comparison)":

@@ -101,6 +101,18 @@ def test_train_save_load_roundtrip(tmp_path):
     assert "content probe" in (tmp_path / "README.md").read_text()
 
 
+def test_confusion_adversary_trains_alongside():
+    """lam_confusion > 0: an object adversary on the style residual is trained too, and only it sees the labels."""
+    before = style.ContrastiveStyleDescriptor(8, 16)
+    net, card = style.train_csd(styles=["flat", "ink", "pixel"], steps=4, batch_styles=3, per_style=4, n_per_pair=1,
+                                width=8, dim=16, lam_confusion=1.0, log=lambda s: None)
+    assert card["lam_confusion"] == 1.0 and 0.0 <= card["adversary_train_accuracy_last50"] <= 1.0
+    assert np.isfinite(card["final_loss"])
+    assert sorted(net.state_dict()) == sorted(before.state_dict())  # the adversary is not part of Psi
+    r = style.style_residual(jt.array(np.arange(12, dtype=np.float32).reshape(4, 3)), np.array([0, 0, 1, 1]))
+    np.testing.assert_allclose(r.numpy(), [[-1.5] * 3, [1.5] * 3, [-1.5] * 3, [1.5] * 3])
+
+
 def test_shipped_descriptor_card_and_heldout_behaviour():
     """The shipped Psi: trained on known styles only; on fresh held-out images, same-style neighbours win."""
     net = style.load_csd()
