@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-csd": ("gdlib.style:main_train_csd", "train the learned contrastive style descriptor (Psi) on known ToyWorld styles"),
     "train-style": ("gdlib.finetune:main_train_style", "fine-tune one style folder (LoRA/DoRA/full, DreamBooth prior, decoupled captions)"),
     "generate": ("gdlib.recipe:main_generate", "prompt.json (+ style file, + RB-Modulation toward the references) -> OUT/NN/{prompt}.png"),
-    "demo": ("gdlib.recipe:main_demo", "Guided DoRA on one held-out ToyWorld style: outputs/demo.png and scores (a few minutes)"),
+    "demo": ("gdlib.recipe:main_demo", "Guided DoRA on one held-out ToyWorld style: outputs/demo.png and the score table"),
     "ablation": ("gdlib.recipe:main_ablation", "baseline / DoRA / +decoupled / Guided DoRA on held-out styles: the score table"),
 }
 

@@ -292,13 +292,15 @@ def afa_model(unet: nn.Module, schedule, model_fn: Callable, x_ref, ref_context:
 
 # ----- text -> stylised images ------------------------------------------------------------------------
 def stylize(model, prompts: str | Sequence[str], x_ref, psi: Callable | str | None = "gram",
-            config: RBConfig | None = None, num_inference_steps: int = 20, guidance_scale: float = 4.0,
+            config: RBConfig | None = None, num_inference_steps: int = 20, guidance_scale: float | None = None,
             sampler: str = "ddim", eta: float = 0.0, seed: int = 0, afa: bool = False, control: bool = True,
             content_fn: Callable | None = None, batch_size: int = 32, return_history: bool = False):
     """Text -> images float32 [N, 3, H, W] in [-1, 1] from the base model with CFG, steered toward the style of
     x_ref by RB-Modulation (control=True) and/or AFA (afa=True); DDIM(eta) or DDPM. With return_history:
     (images, list of per-step control infos per batch)."""
     from . import pipeline, sampling
+
+    guidance_scale = pipeline.DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale
     from .style import get_descriptor
 
     if sampler not in SAMPLERS:

@@ -25,7 +25,7 @@ jt = runtime.setup_jittor()
 
 from .finetune import StyleConfig, finetune_style, load_base, load_style_folder, style_prompt  # noqa: E402
 from .guidance import RBConfig, stylize  # noqa: E402
-from .pipeline import DEFAULT_BASE, generate  # noqa: E402
+from .pipeline import DEFAULT_BASE, DEFAULT_GUIDANCE, generate  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class RecipeConfig:
     batch_size: int = 4
     prior_weight: float = 0.0
     sample_steps: int = 20
-    guidance_scale: float = 4.0
+    guidance_scale: float = DEFAULT_GUIDANCE
     rb: RBConfig = field(default_factory=lambda: RBConfig(lam_style=1e3))
     psi: str = "gram"
     afa: bool = False
@@ -304,7 +304,7 @@ def write_readme_table(readme: str | Path, text: str) -> None:
 
 def main_demo(argv: list[str]) -> int:
     """`gdlib demo`: fine-tune DoRA with decoupled prompts on one held-out ToyWorld style, generate the unseen
-    objects with and without RB-Modulation, write OUT/demo.png and the score table (a few minutes on 2 cores)."""
+    objects with and without RB-Modulation, write OUT/demo.png and the score table."""
     import argparse
 
     import matplotlib

@@ -20,7 +20,7 @@ jt = runtime.setup_jittor()
 
 from .checkpoint import load_tensors, optimizer_tensors, restore_optimizer, save_tensors  # noqa: E402
 from .models.config import ModelConfig, TextConfig, UNetConfig  # noqa: E402
-from .pipeline import TextToImage  # noqa: E402
+from .pipeline import DEFAULT_GUIDANCE, TextToImage  # noqa: E402
 
 CKPT_NAME = "ckpt.safetensors"
 
@@ -48,7 +48,7 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     sample_every: int = 250             # 0 disables the sample grids
     sample_steps: int = 25
-    guidance_scale: float = 4.0
+    guidance_scale: float = DEFAULT_GUIDANCE
     log_every: int = 10
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -126,7 +126,7 @@ def _restore(path: Path, model: TextToImage, ema: TextToImage, opt) -> dict:
 
 
 def sample_grid(model: TextToImage, styles: Sequence[str], objects: Sequence[str], path: Path | None,
-                steps: int = 25, guidance_scale: float = 4.0, seed: int = 0, title: str = ""):
+                steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE, seed: int = 0, title: str = ""):
     """One sample per (style, object) prompt as a grid (rows = styles); saved as PNG when path is given."""
     from . import plot, toyworld
     from .pipeline import generate

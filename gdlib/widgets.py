@@ -107,7 +107,7 @@ def toyworld_explorer(seed: int = 0, size: int = 32) -> Explorer:
 
 
 def rb_explorer(model, prompts, x_ref, psis: dict | None = None, num_inference_steps: int = 10,
-                guidance_scale: float = 4.0, seed: int = 0, sampler: str = "ddim") -> Explorer:
+                guidance_scale: float | None = None, seed: int = 0, sampler: str = "ddim") -> Explorer:
     """Style weight / num_iter / tau / eta / Psi -> stylised image grid (pure function: gdlib.guidance.stylize)."""
     import ipywidgets as W
 

@@ -1,11 +1,11 @@
-"""Build notebooks/03_lora_vs_dora.ipynb (outputs stripped). Usage: python nb03_build.py OUT.ipynb [BASE_PATH]"""
+"""Build notebooks/03_lora_vs_dora.ipynb (outputs stripped). Usage: python nb03_build.py OUT.ipynb [STEPS] [GUIDANCE]"""
 import sys
 
 import nbformat as nbf
 
 out = sys.argv[1]
-base = sys.argv[2] if len(sys.argv) > 2 else "../data/base/base.safetensors"
-steps = sys.argv[3] if len(sys.argv) > 3 else "60"
+steps = sys.argv[2] if len(sys.argv) > 2 else "60"
+guidance = sys.argv[3] if len(sys.argv) > 3 else "DEFAULT_GUIDANCE"
 
 cells = []
 md = lambda s: cells.append(nbf.v4.new_markdown_cell(s))  # noqa: E731
@@ -28,16 +28,16 @@ LR_ADAPTER, LR_FULL = 2e-3, 2e-4
 BATCH = 4
 SNAPSHOT_EVERY = max(1, STEPS // 6)
 SEED = 0
-BASE = "{base}"
 
 import numpy as np
 from gdlib import runtime
 jt = runtime.setup_jittor()
 from gdlib import adapters, plot, toyworld
 from gdlib.adapters import study
-from gdlib.pipeline import TextToImage, generate, measure_accuracy
+from gdlib.pipeline import DEFAULT_BASE as BASE, DEFAULT_GUIDANCE, TextToImage, generate, measure_accuracy
 from gdlib.models.evaluators import load_evaluators
 import matplotlib.pyplot as plt
+GUIDANCE = {guidance}   # classifier-free guidance scale when sampling
 jt.set_global_seed(SEED)
 STYLE, CATEGORY = toyworld.HELDOUT_STYLES[0], "fruit"
 print("held-out style:", STYLE, "| backend:", runtime.info()["backend"])""")
@@ -116,10 +116,10 @@ Each fine-tuned model generates the style on objects of **other** categories; th
 for training here) score content accuracy (the asked object) and style accuracy (the held-out style).""")
 code("""ev = load_evaluators()
 objects = [o for c, objs in toyworld.CATEGORIES.items() if c != CATEGORY for o in objs[:1]]
-scores = {m: measure_accuracy(models[m], [STYLE], objects, n_per_pair=2, num_inference_steps=20, evaluators=ev)
+scores = {m: measure_accuracy(models[m], [STYLE], objects, n_per_pair=2, num_inference_steps=20, guidance_scale=GUIDANCE, evaluators=ev)
           for m in ("full", "lora", "dora")}
 base_model = TextToImage.load(BASE)
-scores["base"] = measure_accuracy(base_model, [STYLE], objects, n_per_pair=2, num_inference_steps=20, evaluators=ev)
+scores["base"] = measure_accuracy(base_model, [STYLE], objects, n_per_pair=2, num_inference_steps=20, guidance_scale=GUIDANCE, evaluators=ev)
 for m, s in scores.items():
     print(f"{m:5s} style {s['style_accuracy']:.2f}  content {s['content_accuracy']:.2f}")
 plot.bars({f"{m} style": s["style_accuracy"] for m, s in scores.items()}, ylabel="style accuracy"); plt.show()""")

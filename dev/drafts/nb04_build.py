@@ -34,7 +34,7 @@ from gdlib import runtime
 jt = runtime.setup_jittor()          # always through gdlib: it wires the CPU/oneDNN runtime first
 from gdlib import finetune as F, metrics, plot, prompts as P, toyworld
 from gdlib.models.evaluators import load_evaluators
-from gdlib.pipeline import DEFAULT_BASE
+from gdlib.pipeline import DEFAULT_BASE, DEFAULT_GUIDANCE
 
 SEED = 0
 BASE = DEFAULT_BASE          # the shipped base model (data/base/base.safetensors)
@@ -43,7 +43,7 @@ ADAPTER, RANK = "dora", 4
 STEPS, BATCH, LR = 100, 4, 2e-3                  # fine-tuning budget per run
 RUNS = [("instance", 0.0), ("instance", 1.0), ("decoupled", 0.0), ("decoupled", 1.0)]  # (captions, prior on?)
 PRIOR_WEIGHT, N_CLASS = 1.0, 24                  # prior preservation: lambda and number of class images
-EVAL_STEPS, GUIDANCE, N_PER_OBJECT = 15, 4.0, 2  # DDIM steps / CFG scale / images per unseen object
+EVAL_STEPS, GUIDANCE, N_PER_OBJECT = 15, DEFAULT_GUIDANCE, 2  # DDIM steps / CFG scale / images per unseen object
 np.random.seed(SEED)
 jt.set_global_seed(SEED)
 ev = load_evaluators()
