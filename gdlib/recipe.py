@@ -48,12 +48,12 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 
 @dataclass
 class RecipeConfig:
-    """Knobs shared by every variant: fine-tuning budget, sampling, and the RB-Modulation guidance."""
-    steps: int = 150
-    rank: int = 4
-    lr: float = 2e-3
-    batch_size: int = 4
-    prior_weight: float = 0.0
+    """Knobs shared by every variant: fine-tuning budget (defaults: StyleConfig's), sampling, RB-Modulation."""
+    steps: int = StyleConfig.steps
+    rank: int = StyleConfig.rank
+    lr: float = StyleConfig.lr
+    batch_size: int = StyleConfig.batch_size
+    prior_weight: float = StyleConfig.prior_weight
     sample_steps: int = 20
     guidance_scale: float = DEFAULT_GUIDANCE
     rb: RBConfig = field(default_factory=lambda: RBConfig(lam_style=1e3))
