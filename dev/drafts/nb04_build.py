@@ -184,6 +184,21 @@ print(f"mean leakage: plain captions {plain:.3f}, decoupled captions {decoupled:
 assert decoupled < plain, "decoupled captions should leak less content than plain captions"
 """),
 M("""
+And prior preservation? The cell below prints what the prior term did in these runs; the notebook does not assert a
+direction. Keep section 3's number in mind when you read it: the prior term pulls the model toward the base model's
+own drawings for `a painting of a {object}`, and this small base model draws those less reliably than the prompts
+it was trained on (which always name a style).
+"""),
+C("""
+score_of = {k: r["score"] for k, r in runs.items()}
+for mode in sorted({m for m, _ in runs}):
+    if (mode, 0.0) in runs and (mode, PRIOR_WEIGHT) in runs:
+        off, on = score_of[(mode, 0.0)], score_of[(mode, PRIOR_WEIGHT)]
+        print(f"{mode:>10}: prior preservation changed leakage {on['leakage'] - off['leakage']:+.2f}, "
+              f"content accuracy {on['content_accuracy'] - off['content_accuracy']:+.2f}, "
+              f"Style {on['style'] - off['style']:+.3f}")
+"""),
+M("""
 ## 5. Why it works: the attribute word carries the content
 
 If decoupling works because the new word `animal` absorbed the shared content, then putting the word back into the
@@ -211,7 +226,8 @@ M("""
   objects, the plain DreamBooth model draws the category — **content leakage**, measured by the content evaluator.
 - **Prompt decoupling** names the shared content in the training captions (`animal painting of cat`) and leaves the
   word out at inference; the word takes the content with it, so the adapter is left with the style.
-- **Prior preservation** regularises towards the base model's own drawings of every object.
+- **Prior preservation** regularises towards the base model's own drawings of every object; whether that lowers
+  leakage depends on how well the base draws the class prompts (section 4 printed what it did here).
 - Everything above is `gdlib.train.finetune_style` / `gdlib train-style`: a style folder in, one safetensors file out
   (adapter + new-token embeddings + the base model's fingerprint).
 
