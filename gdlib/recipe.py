@@ -257,6 +257,7 @@ def main_ablation(argv: list[str]) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--out", default="runs/ablation", help="predictions (OUT/{variant}/NN) and results.json")
     p.add_argument("--readme", default=None, help="write the table into this README between ablation markers")
+    p.add_argument("--max-prompts", type=int, default=None, help="prompts per exported style (default: all 12)")
     _add_common(p)
     a = p.parse_args(argv)
     try:
@@ -264,7 +265,8 @@ def main_ablation(argv: list[str]) -> int:
         root = a.challenge
         if root is None:
             root = Path(tempfile.mkdtemp(prefix="gdlib_ablation_"))
-            export_challenge(root, styles=[s.strip() for s in a.styles.split(",") if s.strip()], seed=a.data_seed)
+            export_challenge(root, styles=[s.strip() for s in a.styles.split(",") if s.strip()], seed=a.data_seed,
+                             max_prompts=a.max_prompts)
         t0 = time.time()
         res = run_ablation(root, a.variants, cfg, a.base, out=Path(a.out) / "predictions")
     except (ValueError, FileNotFoundError) as err:

@@ -104,6 +104,17 @@ def test_export_import_round_trip(tmp_path):
         twx.export_challenge(tmp_path / "x", ["ink"], per_style=4)
 
 
+def test_export_max_prompts_spreads_over_categories(tmp_path):
+    m = twx.export_challenge(tmp_path / "ref", ["ink"], seed=0, max_prompts=5)
+    (s,) = imageio.load_challenge(tmp_path / "ref")
+    asked = list(s.prompts.values())
+    assert len(asked) == 5 and not set(asked) & set(m["sets"]["00"]["objects"])
+    cats = {tw.CATEGORY_OF[o] for o in asked}
+    assert len(cats) == 4 and m["sets"]["00"]["category"] not in cats  # the 4 categories the set does not show
+    with pytest.raises(ValueError, match="max_prompts"):
+        twx.export_challenge(tmp_path / "y", ["ink"], max_prompts=0)
+
+
 def test_oracle_predictions_and_shuffle(tmp_path):
     twx.export_challenge(tmp_path / "ref", ["blueprint", "pop"], seed=1)
     twx.oracle_predictions(tmp_path / "ref", tmp_path / "pred", seed=3)

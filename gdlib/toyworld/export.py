@@ -14,9 +14,11 @@ from . import (CATEGORIES, DATA_VERSION, DEFAULT_SIZE, HELDOUT_STYLES, OBJECTS, 
 
 
 def export_challenge(out: str | Path, styles: Sequence[str] | None = None, seed: int = 0, per_style: int = 3,
-                     size: int = DEFAULT_SIZE, categories: Sequence[str] | None = None) -> dict:
+                     size: int = DEFAULT_SIZE, categories: Sequence[str] | None = None,
+                     max_prompts: int | None = None) -> dict:
     """Write one folder per style: a few-shot set of one category (images/{object}.png) and prompt.json
-    listing every other object; also {out}/toyworld.json (style, category, seed per folder). Returns it."""
+    listing every other object (or max_prompts of them, spread over the categories); also {out}/toyworld.json
+    (style, category, seed per folder). Returns it."""
     styles = list(HELDOUT_STYLES if styles is None else styles)
     for s in styles:
         _check_style(s)
@@ -24,6 +26,8 @@ def export_challenge(out: str | Path, styles: Sequence[str] | None = None, seed:
     if not 1 <= int(per_style) <= k_max:
         raise ValueError(f"per_style must be between 1 and {k_max}: a few-shot set holds distinct objects of "
                          "one category, because file names are object words")
+    if max_prompts is not None and int(max_prompts) < 1:
+        raise ValueError(f"max_prompts must be >= 1 (or None: every object the set does not show), got {max_prompts}")
     rng = np.random.default_rng([int(seed), 5])
     if categories is None:
         cats = list(CATEGORIES)
@@ -38,6 +42,8 @@ def export_challenge(out: str | Path, styles: Sequence[str] | None = None, seed:
     for i, (style, cat) in enumerate(zip(styles, categories)):
         fs = few_shot_set(style, cat, int(per_style), seed=int(seed) * 1000 + i, size=size)
         others = [o for o in OBJECTS if o not in fs["objects"]]
+        if max_prompts is not None and int(max_prompts) < len(others):  # evenly spaced: every category stays asked
+            others = [others[j] for j in np.linspace(0, len(others) - 1, int(max_prompts)).round().astype(int)]
         sid = f"{i:02d}"
         imageio.save_style_set(out, sid, fs["images"], fs["objects"], {str(j): o for j, o in enumerate(others)})
         manifest["sets"][sid] = {"style": style, "category": cat, "objects": fs["objects"]}
@@ -98,6 +104,7 @@ def main(argv: list[str]) -> int:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--per-style", type=int, default=3, help="few-shot images per style (one category)")
     e.add_argument("--size", type=int, default=DEFAULT_SIZE)
+    e.add_argument("--max-prompts", type=int, default=None, help="prompts per set (default: every other object)")
     o = sub.add_parser("oracle", help="render real ToyWorld images of every prompt as predictions {out}/NN/{prompt}.png")
     o.add_argument("--ref", required=True, help="a folder written by `gdlib toyworld export`")
     o.add_argument("--out", required=True)
@@ -123,7 +130,7 @@ def main(argv: list[str]) -> int:
             d = imageio.import_folder(a.images, a.out, a.id, a.prompts, a.size)
             print(f"wrote {d} ({len(list((d / 'images').glob('*.png')))} images)")
         elif a.cmd == "export":
-            m = export_challenge(a.out, a.styles, a.seed, a.per_style, a.size)
+            m = export_challenge(a.out, a.styles, a.seed, a.per_style, a.size, max_prompts=a.max_prompts)
             for sid, s in m["sets"].items():
                 print(f"{a.out}/{sid}: {s['style']:<11} {s['category']:<9} {', '.join(s['objects'])}")
         else:
