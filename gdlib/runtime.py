@@ -156,9 +156,27 @@ def configure() -> None:
             RuntimeWarning, stacklevel=3)
 
 
+def _compile_pool_from_forkserver() -> None:
+    """In a Jupyter kernel, let Jittor's compile pool start from a fork server instead of fork().
+
+    Jittor compiles its core and extern libraries in a multiprocessing Pool created with fork(); forking a kernel,
+    which already runs threads (ZMQ, OpenMP), can leave the children deadlocked on a lock copied in its locked state:
+    the notebook then hangs or its kernel dies. A fork server is a fresh single-threaded process. Only in a kernel:
+    there __main__ is guarded, whereas a user's unguarded script would be re-imported by the workers."""
+    import multiprocessing as mp
+    if "ipykernel" not in sys.modules or "jittor" in sys.modules or "forkserver" not in mp.get_all_start_methods():
+        return
+    try:
+        import jittor_utils
+    except Exception:  # noqa: BLE001 - jittor itself will report what is wrong
+        return
+    jittor_utils.Pool = mp.get_context("forkserver").Pool
+
+
 def setup_jittor():
     """Import Jittor with gdlib's settings and return the module."""
     configure()
+    _compile_pool_from_forkserver()
     import jittor as jt
     jt.flags.use_cuda = 1 if _STATE["device"] == "cuda" else 0
     return jt
