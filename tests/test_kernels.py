@@ -502,15 +502,3 @@ def test_fused_adamw_switch_off_is_jittor_adamw_and_state_is_compatible():
     restore_optimizer(opt2, tensors, opt.n_step)
     np.testing.assert_array_equal(opt2.param_groups[0]["m"][0].numpy(), opt.param_groups[0]["m"][0].numpy())
     assert opt2.n_step == 1
-
-
-@pytest.mark.parametrize("scale", [0.5, -0.7])
-def test_multihead_attention_explicit_scale(scale):
-    """An explicit (even negative) softmax scale is honoured by the fused forward and backward."""
-    rng = np.random.default_rng(31)
-    q, k, v, go = _mha_inputs(rng, 3, 9, 6, 16, spread=2.0)
-    o_f, g_f = _mha_run(att.multihead_attention_fused, q, k, v, go, 2, scale)
-    o_r, g_r = _mha_run(att.multihead_attention_reference, q, k, v, go, 2, scale)
-    assert_close(o_f, o_r, f"o(scale={scale})")
-    for name, a, b in zip("qkv", g_f, g_r):
-        assert_close(a, b, f"d{name}(scale={scale})")

@@ -138,14 +138,13 @@ const int Mp = gdlib_att_pad(M), Dp = gdlib_att_pad(D);
         }
         gdlib_att_gemm(N, Mp, D, qb, rs, 1, kt, Mp, s, Mp, false);          // S = Q K^T
         float* lse = out1_p + bh * N;
-        for (int i = 0; i < N; i++) {                  // P = softmax(scale S) in place; lse_i for the backward
+        for (int i = 0; i < N; i++) {                  // P = softmax(scale S) in place; 1 / sum kept in lse
             float* p = s + (size_t)i * Mp;
-            for (int j = 0; j < M; j++) p[j] *= sc;
             float mx = p[0];
             for (int j = 1; j < M; j++) mx = p[j] > mx ? p[j] : mx;
             float sum = 0;
-            for (int j = 0; j < M; j++) { p[j] = std::exp(p[j] - mx); sum += p[j]; }
-            lse[i] = mx + std::log(sum);
+            for (int j = 0; j < M; j++) { p[j] = std::exp(sc * (p[j] - mx)); sum += p[j]; }
+            lse[i] = sc * mx + std::log(sum);
             const float inv = 1.0f / sum;
             for (int j = 0; j < M; j++) p[j] *= inv;
         }
