@@ -299,9 +299,9 @@ def stylize(model, prompts: str | Sequence[str], x_ref, psi: Callable | str | No
     x_ref by RB-Modulation (control=True) and/or AFA (afa=True); DDIM(eta) or DDPM. With return_history:
     (images, list of per-step control infos per batch)."""
     from . import pipeline, sampling
+    from .style import get_descriptor
 
     guidance_scale = pipeline.DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale
-    from .style import get_descriptor
 
     if sampler not in SAMPLERS:
         raise ValueError(f"stylize: unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")

@@ -20,11 +20,11 @@ from .models.text import TextEncoder, Tokenizer  # noqa: E402
 from .models.unet import UNet, count_parameters  # noqa: E402
 from .schedules import NoiseSchedule  # noqa: E402
 
-# the shipped base checkpoint; GDLIB_BASE_CHECKPOINT points elsewhere (e.g. a run's exported weights)
 # Classifier-free guidance scale used by default: the best of a sweep on the shipped base model (data/base model
 # card; notebook 02 re-measures it). This small model degrades at the usual 4-7.5 (colours saturate and clip).
 DEFAULT_GUIDANCE = 1.5
 
+# the shipped base checkpoint; GDLIB_BASE_CHECKPOINT points elsewhere (e.g. a run's exported weights)
 DEFAULT_BASE = Path(os.environ.get("GDLIB_BASE_CHECKPOINT") or
                     Path(__file__).resolve().parent.parent / "data" / "base" / "base.safetensors")
 
