@@ -268,6 +268,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--base-channels", type=int, default=u.base_channels)
     p.add_argument("--channel-mult", default=",".join(map(str, u.channel_mult)))
     p.add_argument("--patch-size", type=int, default=u.patch_size)
+    p.add_argument("--attn-resolutions", default=",".join(map(str, u.attn_resolutions)),
+                   help="UNet-internal sizes with cross-attention (the text enters there), e.g. 16,8,4")
+    p.add_argument("--self-attn-resolutions", default=",".join(map(str, u.self_attn_resolutions)),
+                   help="sizes with self-attention as well (a subset of --attn-resolutions)")
     p.add_argument("--text-width", type=int, default=tx.width)
     p.add_argument("--text-layers", type=int, default=tx.layers)
     p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
@@ -281,14 +285,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _int_list(text: str, option: str, example: str) -> tuple[int, ...]:
+    """"1,2,2" -> (1, 2, 2), with an error that names the option."""
+    try:
+        return tuple(int(m) for m in text.split(",") if m.strip())
+    except ValueError:
+        raise ValueError(f"{option} must look like {example}, got {text!r}") from None
+
+
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
     """TrainConfig from parsed train-base options."""
-    try:
-        mult = tuple(int(m) for m in a.channel_mult.split(","))
-    except ValueError:
-        raise ValueError(f"--channel-mult must look like 1,2,2, got {a.channel_mult!r}") from None
+    mult = _int_list(a.channel_mult, "--channel-mult", "1,2,2")
+    attn = _int_list(a.attn_resolutions, "--attn-resolutions", "16,8,4")
+    self_attn = _int_list(a.self_attn_resolutions, "--self-attn-resolutions", "8,4")
+    if not set(self_attn) <= set(attn):
+        raise ValueError(f"--self-attn-resolutions {self_attn} must be a subset of --attn-resolutions {attn}")
     unet = UNetConfig(base_channels=a.base_channels, channel_mult=mult, patch_size=a.patch_size,
-                      context_dim=a.text_width)
+                      context_dim=a.text_width, attn_resolutions=attn, self_attn_resolutions=self_attn)
     text = TextConfig(width=a.text_width, layers=a.text_layers)
     return TrainConfig(out_dir=a.out, steps=a.steps, minutes=a.minutes, batch_size=a.batch, lr=a.lr,
                        warmup_steps=a.warmup, ema_decay=a.ema, cond_drop=a.cond_drop, grad_clip=a.grad_clip,

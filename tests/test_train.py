@@ -117,3 +117,13 @@ def test_cli_parses_model_options():
     assert cfg.model.unet.base_channels == 32 and cfg.model.unet.channel_mult == (1, 2) and cfg.minutes == 5
     with pytest.raises(ValueError, match="channel-mult"):
         T.config_from_args(T._parser().parse_args(["--channel-mult", "one"]))
+
+
+def test_cli_parses_attention_resolutions():
+    a = T._parser().parse_args(["--attn-resolutions", "16,8,4", "--self-attn-resolutions", "8,4"])
+    u = T.config_from_args(a).model.unet
+    assert u.attn_resolutions == (16, 8, 4) and u.self_attn_resolutions == (8, 4)
+    with pytest.raises(ValueError, match="subset"):
+        T.config_from_args(T._parser().parse_args(["--attn-resolutions", "8", "--self-attn-resolutions", "16"]))
+    with pytest.raises(ValueError, match="attn-resolutions"):
+        T.config_from_args(T._parser().parse_args(["--attn-resolutions", "x"]))
