@@ -68,6 +68,26 @@ def test_supcon_loss_prefers_style_clusters():
         style.supcon_loss(good, np.array([0, 1, 2, 2]))
 
 
+def test_color_statistics_are_channel_mean_and_std():
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    x[0, 0] = 0.5
+    x[1, 2, :4] = 1.0
+    c = style.color_statistics(x)
+    np.testing.assert_allclose(c[0], [0.5, 0, 0, 0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(c[1], [0, 0, 0.5, 0, 0, 0.5], atol=1e-6)
+    with pytest.raises(ValueError, match="color_statistics"):
+        style.color_statistics(np.zeros((2, 8, 8), np.float32))
+
+
+def test_evaluate_descriptor_reports_the_colour_reference_probe():
+    """evaluate_descriptor also probes the object from colour mean/std alone; a Psi that IS those statistics matches it."""
+    psi = lambda x: jt.array(style.color_statistics(x))  # noqa: E731
+    ev = style.evaluate_descriptor(psi, styles=["watercolor", "mosaic"], distractors=[], n_per_pair=2, seed=3)
+    assert ev["content_probe_accuracy"] == pytest.approx(ev["content_probe_color_statistics"])
+    assert ev["content_chance"] < ev["content_probe_color_statistics"] <= 1.0
+    assert "colour mean/std alone" in style.card_markdown({"heldout_eval": {"x": ev}})
+
+
 def test_content_invariance_loss_sees_object_directions():
     sl, ol = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])
     invariant = jt.array(np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0]], np.float32))
