@@ -5,9 +5,6 @@ One switch chooses the path: `use_kernels(True)` (default) runs the fused kernel
 the two paths agree; bench/ measures what the kernels buy.
 Each fused op is a jt.code op with an OpenMP cpu_src and a cuda_src and its own backward; if it fails to
 compile it warns once and the reference runs instead (`fused_status()` tells which compiled).
-Ops: group_norm (+FiLM, +SiLU; also the LayerNorm rows), attention on [B, H, N, d], dora_scale, and AdamW, a
-drop-in jt.optim.AdamW whose step and gradient clipping are fused ops (gdlib.train uses it; gdlib.finetune still
-creates jt.optim.AdamW).
 """
 from .switch import kernels_on, kernels_enabled, use_kernels
 from .groupnorm import group_norm, group_norm_fused, group_norm_reference
