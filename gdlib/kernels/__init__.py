@@ -9,9 +9,8 @@ compile it warns once and the reference runs instead (`fused_status()` tells whi
 from .switch import kernels_on, kernels_enabled, use_kernels
 from .groupnorm import group_norm, group_norm_fused, group_norm_reference
 from .attention import attention, attention_fused, attention_reference
-from .adamw import AdamW  # drop-in jt.optim.AdamW: one fused op per parameter, fused grad-norm clip
 from ._build import status as fused_status  # which fused ops compiled on which backend
 from .dora import dora_scale, dora_scale_reference  # noqa: F401  (DoRA's g = m / ||W0 + sBA||)
 
 __all__ = ["kernels_on", "kernels_enabled", "use_kernels", "group_norm", "group_norm_reference",
-           "group_norm_fused", "attention", "attention_reference", "attention_fused", "AdamW", "fused_status"]
+           "group_norm_fused", "attention", "attention_reference", "attention_fused", "fused_status"]
