@@ -50,14 +50,14 @@ def main(argv: list[str]) -> int:
         print(f"  FAIL importing Jittor: {type(e).__name__}: {e}")
         return 1
     for k, v in rep.items():
-        print(f"  {k:15s} {v}")
+        print(f"  {k:20s} {v}")
     problems = []
     if rep["backend"] == "cpu" and not rep["onednn"]:
         problems.append("oneDNN is off: convolutions will be ~160x slower. "
                         "pip install onednn-cpu-gomp==2022.2.1 onednn-devel-cpu-gomp==2022.2.1")
     try:
         res = check_conv()
-        print(f"  conv fwd+bwd    cold {res['cold_s']:.2f} s (includes compiling), warm {res['warm_s']*1e3:.1f} ms, "
+        print(f"  conv fwd+bwd         cold {res['cold_s']:.2f} s (includes compiling), warm {res['warm_s']*1e3:.1f} ms, "
               f"gradient check rel. error {res['grad_rel_err']:.1e}")
         if not res["grad_rel_err"] < 1e-2:
             problems.append(f"conv gradient disagrees with finite differences ({res['grad_rel_err']:.2e})")

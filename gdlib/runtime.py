@@ -32,8 +32,18 @@ def _jittor_mkl_dirname() -> str:
 
 
 def _jittor_home() -> Path:
-    """Where Jittor keeps its caches: $JITTOR_HOME or the user's home."""
-    return Path(os.environ.get("JITTOR_HOME", str(Path.home())))
+    """Where Jittor keeps its caches, found as jittor_utils.home() finds it (without importing Jittor).
+
+    $JITTOR_HOME first; else the home Jittor remembered in ~/.cache/jittor/config.json (Jittor writes it there
+    whenever JITTOR_HOME was set once, and keeps using it afterwards); else the user's home."""
+    if os.environ.get("JITTOR_HOME"):
+        return Path(os.environ["JITTOR_HOME"]).absolute()
+    try:
+        import json
+        remembered = json.loads((Path.home() / ".cache" / "jittor" / "config.json").read_text()).get("JITTOR_HOME")
+    except (OSError, ValueError, AttributeError):
+        remembered = None
+    return Path(remembered) if remembered else Path.home()
 
 
 def _find_onednn() -> tuple[Path, Path] | None:
@@ -135,6 +145,12 @@ def configure() -> None:
         _STATE["warnings"].append("jittor was imported before gdlib; runtime settings may not apply")
     if os.environ.get("GDLIB_VERBOSE") != "1":
         os.environ.setdefault("log_silent", "1")
+    # Jittor compiles the new ops of a graph from a pool of up to 16 threads (parallel_compiler.cc). Twice, with a
+    # cold cache, one of those threads segfaulted ("thread_name: 'C5' ... Segfault happen, main thread exit"; in a
+    # Jupyter kernel the same run ended in a corrupted interpreter), never with the pool off. Off, each new op
+    # compiles when it first runs: a cold tiny train-base took 77 s instead of 51 s, and a warm cache costs nothing.
+    # Set use_parallel_op_compiler=16 in the environment to get Jittor's default back.
+    os.environ.setdefault("use_parallel_op_compiler", "0")
     want = os.environ.get("GDLIB_DEVICE", "").strip().lower()
     if want not in ("", "auto", "cpu", "cuda"):
         raise ValueError(f"GDLIB_DEVICE={want!r}: use 'cpu', 'cuda' or leave it unset")
@@ -193,6 +209,7 @@ def info() -> dict[str, Any]:
         "onednn_source": _STATE["onednn_source"],
         "jittor_version": jt.__version__,
         "cache_path": compiler.cache_path,
+        "parallel_op_compiler": int(jt.flags.use_parallel_op_compiler),
         "python": platform.python_version(),
         "warnings": list(_STATE["warnings"]),
     }

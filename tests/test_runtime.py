@@ -22,6 +22,8 @@ def test_info_reports_backend_and_versions():
     assert rep["jittor_version"].startswith("1.")
     assert os.path.isdir(rep["cache_path"])
     assert isinstance(rep["onednn"], bool)
+    # gdlib turns Jittor's parallel op compiler off (its threads crashed on cold caches) unless the user set it
+    assert rep["parallel_op_compiler"] == int(os.environ.get("use_parallel_op_compiler", "0"))
 
 
 def test_onednn_is_on_when_a_library_is_installed():
@@ -88,6 +90,22 @@ def test_wiring_creates_the_folder_jittor_looks_for(monkeypatch, tmp_path):
     assert (root / "lib" / "libmkldnn.so").resolve() == found[0].resolve()
     assert (root / "include" / "dnnl.hpp").exists()
     assert runtime._wire_onednn()[0]  # again: idempotent
+
+
+def test_jittor_home_follows_the_home_jittor_remembered(monkeypatch, tmp_path):
+    # Jittor writes JITTOR_HOME into ~/.cache/jittor/config.json once it was set, and keeps using it: so must we,
+    # or oneDNN would be wired into a cache Jittor does not read.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("JITTOR_HOME", raising=False)
+    assert runtime._jittor_home() == tmp_path
+    (tmp_path / ".cache" / "jittor").mkdir(parents=True)
+    (tmp_path / ".cache" / "jittor" / "config.json").write_text('{"JITTOR_HOME": "/somewhere/else"}')
+    assert str(runtime._jittor_home()) == "/somewhere/else"
+    monkeypatch.setenv("JITTOR_HOME", str(tmp_path / "env"))
+    assert runtime._jittor_home() == tmp_path / "env"  # the variable wins, as in jittor_utils.home()
+    (tmp_path / ".cache" / "jittor" / "config.json").write_text("not json")
+    monkeypatch.delenv("JITTOR_HOME")
+    assert runtime._jittor_home() == tmp_path
 
 
 def test_doctor_command_passes():
