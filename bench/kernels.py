@@ -2,9 +2,10 @@
 
 Each op is timed forward + backward (gradients of sum(y * g) w.r.t. every input), interleaved in one process
 (fused, reference, torch, fused, ...) for --repeats rounds; the table gives medians and their ratios.
-Usage: python bench/kernels.py [--batch 64] [--repeats 7] [--threads N] [--ops groupnorm,attention]
+Usage: python bench/kernels.py [--batch 64] [--repeats 7] [--threads N] [--ops groupnorm,attention,gelu]
        python bench/kernels.py --unet [--batch 64] [--repeats 5] [--threads N]
---unet times the whole UNet + text-encoder train step (forward, backward, grad clip, AdamW) with kernels on,
+--unet times the whole UNet + text-encoder train step (forward, backward, grad clip, AdamW) with kernels on
+(jt.optim.AdamW, as gdlib.train uses today), kernels on + gdlib.kernels.AdamW (the fused optimizer step),
 kernels off and the PyTorch twin of bench/unet.py, interleaved round by round (fairer on a busy machine
 than timing one framework after the other).
 """
@@ -23,7 +24,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=0, help="OpenMP/torch threads (0: all cores)")
-    p.add_argument("--ops", default="groupnorm,attention")
+    p.add_argument("--ops", default="groupnorm,attention,gelu")
     p.add_argument("--unet", action="store_true", help="whole train step: kernels on / off / PyTorch twin")
     return p.parse_args(argv)
 
@@ -68,10 +69,10 @@ def unet_train_step(args: argparse.Namespace) -> int:
         torch.nn.utils.clip_grad_norm_(t_params, 1.0)
         t_opt.step()
 
-    opt = jt.optim.AdamW(model.parameters(), 1e-4)
+    from gdlib.kernels.adamw import AdamW as FusedAdamW
     jx, jtt, jtg = jt.array(x), jt.array(t), jt.array(target)
 
-    def jt_step(on):
+    def jt_step(on, opt):
         def run():
             with kernels.kernels_enabled(on):
                 loss = ((model.unet(jx, jtt, model.text_encoder(ids)) - jtg) ** 2).mean()
@@ -82,19 +83,23 @@ def unet_train_step(args: argparse.Namespace) -> int:
                 jt.sync_all()
         return run
 
-    runs = [("jittor kernels on", jt_step(True)), ("jittor kernels off", jt_step(False)), ("pytorch", torch_step)]
+    # jt.optim.AdamW is what gdlib.train uses today; gdlib.kernels.AdamW is its fused drop-in (same state)
+    runs = [("jittor kernels on", jt_step(True, jt.optim.AdamW(model.parameters(), 1e-4))),
+            ("jittor on+fused AdamW", jt_step(True, FusedAdamW(model.parameters(), 1e-4))),
+            ("jittor kernels off", jt_step(False, jt.optim.AdamW(model.parameters(), 1e-4))),
+            ("pytorch", torch_step)]
     times = interleaved(runs, args.repeats)  # warm-up compiles every shape first
     med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}  # the least disturbed round, for a busy machine
     print(f"UNet train step, batch {B}, threads {args.threads or 'all'}, {args.repeats} interleaved rounds, "
           f"{model.num_parameters():,} parameters (jittor {jt.__version__}, torch {torch.__version__})")
     for k, v in times.items():
-        print(f"  {k:20s} median {med[k]:7.3f} s   all: {' '.join(f'{a:.3f}' for a in v)}")
-    print(f"  ratio jittor(kernels on)/pytorch  = {med['jittor kernels on'] / med['pytorch']:.2f}")
-    print(f"  ratio jittor(kernels off)/pytorch = {med['jittor kernels off'] / med['pytorch']:.2f}")
+        print(f"  {k:22s} median {med[k]:7.3f} s   all: {' '.join(f'{a:.3f}' for a in v)}")
+    for k in times:
+        if k != "pytorch":
+            print(f"  ratio {k + '/pytorch':30s} = {med[k] / med['pytorch']:.2f}   "
+                  f"(fastest rounds {best[k] / best['pytorch']:.2f})")
     print(f"  kernels speed-up (off/on)         = {med['jittor kernels off'] / med['jittor kernels on']:.2f}")
-    best = {k: min(v) for k, v in times.items()}  # the least disturbed round, for a busy machine
-    print(f"  fastest rounds: on/pytorch = {best['jittor kernels on'] / best['pytorch']:.2f}, "
-          f"off/pytorch = {best['jittor kernels off'] / best['pytorch']:.2f}")
     print("fused ops compiled:", kernels.fused_status())
     return 0
 
@@ -179,6 +184,49 @@ def main(argv: list[str] | None = None) -> int:
                 return run
             name = f"attention {label} q[{B},4,{N},24] k[{B},4,{M},24]"
             cases.append((name, jt_fn(att.attention_fused), jt_fn(att.attention_reference),
+                          torch_fn() if torch else None))
+            # the UNet's call: token layout [B, N, 4*24] in and out (PyTorch: split heads, SDPA, merge)
+            qt, kt, vt, gt = (a.transpose(0, 2, 1, 3).reshape(B, a.shape[2], 96).copy() for a in (q, k, v, g))
+
+            def jt_tok(fn, arrs=(qt, kt, vt), g=gt):
+                t, jg = [jt.array(a) for a in arrs], jt.array(g)
+
+                def run():
+                    jt.sync(jt.grad((fn(*t, 4) * jg).sum(), t))
+                return run
+
+            def torch_tok(arrs=(qt, kt, vt), g=gt):
+                t, tg = [torch.tensor(a, requires_grad=True) for a in arrs], torch.from_numpy(g)
+
+                def run():
+                    s = [x.reshape(B, x.shape[1], 4, 24).transpose(1, 2) for x in t]
+                    o = F.scaled_dot_product_attention(*s).transpose(1, 2).reshape(B, -1, 96)
+                    torch.autograd.grad((o * tg).sum(), t)
+                return run
+            cases.append((f"multihead {label} q[{B},{N},96] k[{B},{M},96]", jt_tok(att.multihead_attention_fused),
+                          jt_tok(att.multihead_attention_reference), torch_tok() if torch else None))
+
+    if "gelu" in args.ops:
+        gl = importlib.import_module("gdlib.kernels.gelu")
+        for (N, label) in [(64, "8px tokens"), (16, "4px tokens")]:
+            x = rng.normal(size=(B, N, 384)).astype(np.float32)
+            b = rng.normal(size=384).astype(np.float32)
+            g = rng.normal(size=x.shape).astype(np.float32)
+
+            def jt_fn(fn, x=x, b=b, g=g):
+                t, jg = [jt.array(x), jt.array(b)], jt.array(g)
+
+                def run():
+                    jt.sync(jt.grad((fn(*t) * jg).sum(), t))
+                return run
+
+            def torch_fn(x=x, b=b, g=g):
+                t, tg = [torch.tensor(a, requires_grad=True) for a in (x, b)], torch.from_numpy(g)
+
+                def run():
+                    torch.autograd.grad((F.gelu(t[0] + t[1]) * tg).sum(), t)
+                return run
+            cases.append((f"bias_gelu {label} [{B},{N},384]", jt_fn(gl.bias_gelu_fused), jt_fn(gl.bias_gelu_reference),
                           torch_fn() if torch else None))
 
     print(f"threads={args.threads or 'all'} batch={B} repeats={args.repeats} jittor={jt.__version__}"

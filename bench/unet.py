@@ -318,6 +318,8 @@ def main(argv=None) -> int:
     p.add_argument("--sample-batch", type=int, default=16, help="prompts sampled together (UNet batch is 2x with CFG)")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--checkpoint", default=None, help="a TextToImage .safetensors (default: fresh default config)")
+    p.add_argument("--optimizer", choices=["fused", "jittor"], default="fused",
+                   help="Jittor's AdamW: gdlib.kernels.AdamW (fused step when kernels are on) or jt.optim.AdamW")
     a = p.parse_args(argv)
     if a.threads:
         os.environ["OMP_NUM_THREADS"] = str(a.threads)
@@ -351,7 +353,8 @@ def main(argv=None) -> int:
     target = rng.standard_normal(x.shape).astype(np.float32)
     modes = {"both": [True, False], "on": [True], "off": [False]}[a.kernels]
     print(f"model: {model.num_parameters():,} parameters, {n} tensors copied to the PyTorch twin; batch {B}, "
-          f"threads {a.threads or 'default'}, torch {torch.__version__}, jittor {jt.__version__}")
+          f"threads {a.threads or 'default'}, torch {torch.__version__}, jittor {jt.__version__}, "
+          f"Jittor optimizer {a.optimizer}")
 
     # equality first
     with torch.no_grad():
@@ -384,8 +387,9 @@ def main(argv=None) -> int:
     torch_train = _time(torch_step, a.repeats)
     torch_sample = _time(lambda: torch_ddim_cfg(t_unet, t_text, sids, uids, torch.from_numpy(x_T), model.schedule,
                                                 a.steps, 4.0), a.repeats)
-    # Jittor timings (fresh optimizer; the weights drift in both frameworks alike)
-    opt = jt.optim.AdamW(model.parameters(), 1e-4)
+    # Jittor timings (fresh optimizer; the weights drift in both frameworks alike). gdlib.kernels.AdamW is
+    # jt.optim.AdamW with a fused step under the same switch (kernels off: jt.optim.AdamW's own step).
+    opt = (kernels.AdamW if a.optimizer == "fused" else jt.optim.AdamW)(model.parameters(), 1e-4)
     jx, jtt, jtg = jt.array(x), jt.array(t), jt.array(target)
 
     def jt_step():

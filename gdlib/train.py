@@ -18,6 +18,7 @@ from . import runtime
 
 jt = runtime.setup_jittor()
 
+from . import kernels  # noqa: E402
 from .checkpoint import load_tensors, optimizer_tensors, restore_optimizer, save_tensors  # noqa: E402
 from .models.config import ModelConfig, TextConfig, UNetConfig  # noqa: E402
 from .pipeline import DEFAULT_GUIDANCE, TextToImage  # noqa: E402
@@ -162,7 +163,7 @@ def train_base(cfg: TrainConfig, progress: bool = True, log: Callable[[str], Non
     ema = TextToImage(mc)
     ema.load_state(model.state())
     params, ema_params = model.parameters(), ema.parameters()
-    opt = jt.optim.AdamW(params, cfg.lr, weight_decay=cfg.weight_decay)
+    opt = kernels.AdamW(params, cfg.lr, weight_decay=cfg.weight_decay)  # fused step; jt.optim.AdamW when kernels are off
     state = {"step": 0, "elapsed": 0.0, "rng": None, "history": {"step": [], "loss": [], "lr": []}}
     if ckpt.exists():
         state = _restore(ckpt, model, ema, opt)

@@ -14,7 +14,7 @@ from .. import runtime
 jt = runtime.setup_jittor()
 from jittor import nn  # noqa: E402
 
-from ..kernels import attention, group_norm  # noqa: E402
+from ..kernels import bias_gelu, group_norm, multihead_attention  # noqa: E402
 from .config import TextConfig  # noqa: E402
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
@@ -144,14 +144,17 @@ class Attention(nn.Module):
 
     def execute(self, x: "jt.Var", context: "jt.Var | None" = None) -> "jt.Var":
         ctx = x if context is None else context
-        B, N, C = x.shape
-        M = ctx.shape[1]
-        h, d = self.heads, C // self.heads
-        q = self.to_q(x).reshape(B, N, h, d).transpose(0, 2, 1, 3)
-        k = self.to_k(ctx).reshape(B, M, h, d).transpose(0, 2, 1, 3)
-        v = self.to_v(ctx).reshape(B, M, h, d).transpose(0, 2, 1, 3)
-        o = attention(q, k, v).transpose(0, 2, 1, 3).reshape(B, N, C)
+        # heads stay side by side in [B, N, heads*d]: the kernel reads them in place (no transposed copies)
+        o = multihead_attention(self.to_q(x), self.to_k(ctx), self.to_v(ctx), self.heads)
         return self.to_out[0](o)
+
+
+def feed_forward(ff: nn.Sequential, x: "jt.Var") -> "jt.Var":
+    """ff = Sequential(Linear, GELU, Linear) applied to x, the first bias folded into the fused GELU kernel."""
+    first = ff[0]
+    if type(first) is nn.Linear and first.bias is not None and type(ff[1]) is nn.GELU:
+        return ff[2](bias_gelu(nn.matmul_transpose(x, first.weight), first.bias))
+    return ff(x)  # an adapter replaced a layer: run the modules as they are
 
 
 class EncoderLayer(nn.Module):
@@ -165,7 +168,7 @@ class EncoderLayer(nn.Module):
 
     def execute(self, x: "jt.Var") -> "jt.Var":
         x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        return x + feed_forward(self.mlp, self.norm2(x))
 
 
 class TextEncoder(nn.Module):

@@ -14,7 +14,7 @@ from jittor import nn  # noqa: E402
 
 from ..kernels import group_norm  # noqa: E402
 from .config import UNetConfig  # noqa: E402
-from .text import Attention, LayerNorm  # noqa: E402
+from .text import Attention, LayerNorm, feed_forward  # noqa: E402
 
 
 def timestep_embedding(t: "jt.Var", dim: int, max_period: float = 10000.0) -> "jt.Var":
@@ -99,7 +99,7 @@ class TransformerBlock(nn.Module):
         if self.attn1 is not None:
             h = h + self.attn1(self.norm1(h))
         h = h + self.attn2(self.norm2(h), context)
-        h = h + self.ff(self.norm3(h))
+        h = h + feed_forward(self.ff, self.norm3(h))
         h = self.proj_out(h).transpose(0, 2, 1).reshape(B, C, H, W)
         return x + h
 
