@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import sys
 import time
 
@@ -298,15 +299,20 @@ def torch_ddim_cfg(unet, text, ids, uncond_ids, x_T, schedule, steps, w):
     return x
 
 
-def _time(fn, repeats: int) -> float:
-    fn()  # warm-up (Jittor compiles here)
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    ts.sort()
-    return ts[len(ts) // 2]
+def _paired(f_jt, f_torch, repeats: int) -> tuple[float, float, float]:
+    """Median Jittor time, median PyTorch time and median of the per-round ratios.
+
+    The two run in alternation (order swapped every round), so a change in machine load between the start and the
+    end of the run hits both alike; the ratio of one round compares times taken seconds apart."""
+    f_jt(), f_torch()  # warm-up (Jittor compiles here)
+    tj, tt = [], []
+    for r in range(repeats):
+        for f, ts in ((f_jt, tj), (f_torch, tt)) if r % 2 == 0 else ((f_torch, tt), (f_jt, tj)):
+            t = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t)
+    ratios = [a / b for a, b in zip(tj, tt)]
+    return statistics.median(tj), statistics.median(tt), statistics.median(ratios)
 
 
 def main(argv=None) -> int:
@@ -314,7 +320,7 @@ def main(argv=None) -> int:
     p.add_argument("--kernels", choices=["on", "off", "both"], default="both", help="gdlib.kernels.use_kernels")
     p.add_argument("--batch", type=int, default=64, help="train-step batch")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for both frameworks (default: all)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (each: one Jittor run, one PyTorch run)")
     p.add_argument("--sample-batch", type=int, default=16, help="prompts sampled together (UNet batch is 2x with CFG)")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--checkpoint", default=None, help="a TextToImage .safetensors (default: fresh default config)")
@@ -369,7 +375,7 @@ def main(argv=None) -> int:
             print("outputs differ: not benchmarking a different network", file=sys.stderr)
             return 1
 
-    # PyTorch timings
+    # the PyTorch twin: train step and sampler
     t_opt = torch.optim.AdamW(list(t_text.parameters()) + list(t_unet.parameters()), 1e-4)
     tx, tt, tids, ttg = torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(target)
 
@@ -384,11 +390,10 @@ def main(argv=None) -> int:
     x_T = np.random.default_rng(1).standard_normal((S, 3, cfgu.image_size, cfgu.image_size)).astype(np.float32)
     sids = torch.from_numpy(model.tokenizer.encode(sp).astype(np.int64))
     uids = torch.from_numpy(model.tokenizer.encode([""]).astype(np.int64))
-    torch_train = _time(torch_step, a.repeats)
-    torch_sample = _time(lambda: torch_ddim_cfg(t_unet, t_text, sids, uids, torch.from_numpy(x_T), model.schedule,
-                                                a.steps, 4.0), a.repeats)
-    # Jittor timings (fresh optimizer; the weights drift in both frameworks alike). gdlib.kernels.AdamW is
-    # jt.optim.AdamW with a fused step under the same switch (kernels off: jt.optim.AdamW's own step).
+    def torch_sample():
+        return torch_ddim_cfg(t_unet, t_text, sids, uids, torch.from_numpy(x_T), model.schedule, a.steps, 4.0)
+    # Jittor (fresh optimizer; the weights drift in both frameworks alike). gdlib.kernels.AdamW is jt.optim.AdamW
+    # with a fused step under the same switch (kernels off: jt.optim.AdamW's own step).
     opt = (kernels.AdamW if a.optimizer == "fused" else jt.optim.AdamW)(model.parameters(), 1e-4)
     jx, jtt, jtg = jt.array(x), jt.array(t), jt.array(target)
 
@@ -398,14 +403,16 @@ def main(argv=None) -> int:
         opt.clip_grad_norm(1.0)
         opt.step()
         loss.sync()
-    print(f"\n{'':14s}{'jittor s':>10s}{'torch s':>10s}{'ratio':>8s}")
+    print(f"\n{a.repeats} rounds, Jittor and PyTorch alternating; medians, and the median of the per-round ratios")
+    print(f"{'':14s}{'jittor s':>10s}{'torch s':>10s}{'ratio':>8s}")
     for on in modes:
         with kernels.kernels_enabled(on):
-            jt_train = _time(jt_step, a.repeats)
-            jt_sample = _time(lambda: generate(model, sp, a.steps, 4.0, seed=1), a.repeats)
+            jt_train, torch_train, r_train = _paired(jt_step, torch_step, a.repeats)
+            jt_sample, torch_sample_s, r_sample = _paired(lambda: generate(model, sp, a.steps, 4.0, seed=1),
+                                                          torch_sample, a.repeats)
         tag = "on " if on else "off"
-        print(f"train  k={tag}  {jt_train:10.3f}{torch_train:10.3f}{jt_train / torch_train:8.2f}")
-        print(f"sample k={tag}  {jt_sample:10.3f}{torch_sample:10.3f}{jt_sample / torch_sample:8.2f}"
+        print(f"train  k={tag}  {jt_train:10.3f}{torch_train:10.3f}{r_train:8.2f}")
+        print(f"sample k={tag}  {jt_sample:10.3f}{torch_sample_s:10.3f}{r_sample:8.2f}"
               f"   ({a.steps} DDIM steps, CFG, {S} prompts)")
     # the two samplers agree too (same weights, same x_T), after the Jittor training steps changed the weights:
     copy_weights(model, t_text, t_unet)
