@@ -100,25 +100,16 @@ static inline void gdlib_att_gemm(int n, int mpad, int k, const float* A, long a
 static inline int gdlib_att_pad(int n) { return (n + 15) / 16 * 16; }
 """
 
-_CPU_FWD = """
-// in: q, k, v; out: o, lse [B,H,N]. Layout @TOK = 0: q [B,H,N,D], k, v [B,H,M,D]; @TOK = 1 (token layout, heads
-// side by side as the projections write them): q [B,N,H*D], k, v [B,M,H*D], o like q. Per (batch, head):
-// S = Q K^T, P = softmax(scale S) row-wise, O = P V, lse_i = log sum_j exp(scale s_ij), all in padded scratch.
-constexpr int H = @H, TOK = @TOK;
+# Shared by the forward and the backward: the layout's sizes, and the loop over (batch, head) with its pointers.
+_CPU_SHAPES = """constexpr int H = @H, TOK = @TOK;
 const int B = in0_shape0;
 #if @TOK
 const int N = in0_shape1, M = in1_shape1, D = in0_shape2 / H;
 #else
 const int N = in0_shape2, M = in1_shape2, D = in0_shape3;
 #endif
-const long rs = TOK ? (long)H * D : D;             // row stride of q, k, v, o
-const float sc = (float)@SCALE;
-const int Mp = gdlib_att_pad(M), Dp = gdlib_att_pad(D);
-#pragma omp parallel if ((long)B * H * N * M * D >= @PAR_MIN)
-{
-    std::vector<float> kt_((size_t)D * Mp), vs_((size_t)M * Dp), s_((size_t)N * Mp), o_((size_t)N * Dp);
-    float *kt = kt_.data(), *vs = vs_.data(), *s = s_.data(), *os = o_.data();
-    #pragma omp for schedule(dynamic, 1)
+"""
+_CPU_HEAD_LOOP = """    #pragma omp for schedule(dynamic, 1)
     for (long bh = 0; bh < (long)B * H; bh++) {
         const long b = bh / H, h = bh % H;
         const long qoff = TOK ? b * N * rs + h * D : bh * N * D;
@@ -126,6 +117,21 @@ const int Mp = gdlib_att_pad(M), Dp = gdlib_att_pad(D);
         const float* qb = in0_p + qoff;
         const float* kb = in1_p + koff;
         const float* vb = in2_p + koff;
+"""
+
+_CPU_FWD = """
+// in: q, k, v; out: o, lse [B,H,N]. Layout @TOK = 0: q [B,H,N,D], k, v [B,H,M,D]; @TOK = 1 (token layout, heads
+// side by side as the projections write them): q [B,N,H*D], k, v [B,M,H*D], o like q. Per (batch, head):
+// S = Q K^T, P = softmax(scale S) row-wise, O = P V, lse_i = log sum_j exp(scale s_ij), all in padded scratch.
+@SHAPES
+const long rs = TOK ? (long)H * D : D;             // row stride of q, k, v, o
+const float sc = (float)@SCALE;
+const int Mp = gdlib_att_pad(M), Dp = gdlib_att_pad(D);
+#pragma omp parallel if ((long)B * H * N * M * D >= @PAR_MIN)
+{
+    std::vector<float> kt_((size_t)D * Mp), vs_((size_t)M * Dp), s_((size_t)N * Mp), o_((size_t)N * Dp);
+    float *kt = kt_.data(), *vs = vs_.data(), *s = s_.data(), *os = o_.data();
+@HEAD_LOOP
         for (int d = 0; d < D; d++) {                  // K^T [D, Mp] and V [M, Dp], zero-padded
             float* r = kt + (size_t)d * Mp;
             for (int j = 0; j < M; j++) r[j] = kb[j * rs + d];
@@ -155,19 +161,13 @@ const int Mp = gdlib_att_pad(M), Dp = gdlib_att_pad(D);
             for (int d = 0; d < D; d++) ob[i * rs + d] = os[(size_t)i * Dp + d];
     }
 }
-"""
+""".replace("@SHAPES\n", _CPU_SHAPES).replace("@HEAD_LOOP\n", _CPU_HEAD_LOOP)
 
 _CPU_BWD = """
 // in: q, k, v, o, lse, dO; out: dq, dk, dv (layouts as in the forward). Parallel over (batch, head): no races.
 // P = exp(scale Q K^T - lse), dP = dO V^T, dS = P (dP - D_i) with D_i = dO_i . o_i,
 // dV = P^T dO, dQ = scale dS K, dK = scale dS^T Q.
-constexpr int H = @H, TOK = @TOK;
-const int B = in0_shape0;
-#if @TOK
-const int N = in0_shape1, M = in1_shape1, D = in0_shape2 / H;
-#else
-const int N = in0_shape2, M = in1_shape2, D = in0_shape3;
-#endif
+@SHAPES
 const long rs = TOK ? (long)H * D : D;
 const float sc = (float)@SCALE;
 const int Mp = gdlib_att_pad(M), Dp = gdlib_att_pad(D);
@@ -178,14 +178,7 @@ const int Mp = gdlib_att_pad(M), Dp = gdlib_att_pad(D);
                        di_(N);
     float *kt = kt_.data(), *vt = vt_.data(), *ks = ks_.data(), *qs = qs_.data(), *gs = gs_.data(),
           *p = p_.data(), *dp = dp_.data(), *res = r_.data(), *di = di_.data();
-    #pragma omp for schedule(dynamic, 1)
-    for (long bh = 0; bh < (long)B * H; bh++) {
-        const long b = bh / H, h = bh % H;
-        const long qoff = TOK ? b * N * rs + h * D : bh * N * D;
-        const long koff = TOK ? b * M * rs + h * D : bh * M * D;
-        const float* qb = in0_p + qoff;
-        const float* kb = in1_p + koff;
-        const float* vb = in2_p + koff;
+@HEAD_LOOP
         const float* ob = in3_p + qoff;
         const float* lse = in4_p + bh * N;
         const float* gb = in5_p + qoff;
@@ -236,7 +229,7 @@ const int Mp = gdlib_att_pad(M), Dp = gdlib_att_pad(D);
             for (int d = 0; d < D; d++) dqb[i * rs + d] = sc * res[(size_t)i * Dp + d];
     }
 }
-"""
+""".replace("@SHAPES\n", _CPU_SHAPES).replace("@HEAD_LOOP\n", _CPU_HEAD_LOOP)
 
 _CUDA_HEADER = _build.CUDA_HEADER + """
 #define GDLIB_ATT_T 128
