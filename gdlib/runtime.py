@@ -147,8 +147,9 @@ def configure() -> None:
         os.environ.setdefault("log_silent", "1")
     # Jittor compiles the new ops of a graph from a pool of up to 16 threads (parallel_compiler.cc). Twice, with a
     # cold cache, one of those threads segfaulted ("thread_name: 'C5' ... Segfault happen, main thread exit"; in a
-    # Jupyter kernel the same run ended in a corrupted interpreter), never with the pool off. Off, each new op
-    # compiles when it first runs: a cold tiny train-base took 77 s instead of 51 s, and a warm cache costs nothing.
+    # Jupyter kernel the same run ended in a corrupted interpreter). With the pool off those threads do not exist:
+    # each new op compiles when it first runs (a cold tiny train-base took 77 s instead of 51 s; a warm cache costs
+    # nothing).
     # Set use_parallel_op_compiler=16 in the environment to get Jittor's default back.
     os.environ.setdefault("use_parallel_op_compiler", "0")
     want = os.environ.get("GDLIB_DEVICE", "").strip().lower()
