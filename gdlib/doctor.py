@@ -33,7 +33,7 @@ def check_conv() -> dict[str, float]:
         w2 = w.copy(); w2[0, 0, 1, 1] += delta
         conv.weight.assign(jt.array(w2))
         out = conv(x)
-        return float((out * out).sum().numpy())
+        return (out * out).sum().item()
     fd = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
     conv.weight.assign(jt.array(w))
     rel = abs(fd - float(gw.numpy()[0, 0, 1, 1])) / max(1e-6, abs(fd))
