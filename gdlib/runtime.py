@@ -173,27 +173,50 @@ def configure() -> None:
             RuntimeWarning, stacklevel=3)
 
 
-def _compile_pool_from_forkserver() -> None:
-    """In a Jupyter kernel, let Jittor's compile pool start from a fork server instead of fork().
+def _run_cmds_in_subprocess(cmds: list[str], cache_path: str, jittor_path: str, msg: str = "run_cmds") -> None:
+    """Stand-in for ``jittor_utils.run_cmds``: the same compile commands, run by gdlib/_jittor_compile.py."""
+    import json
+    import subprocess
+    request = json.dumps({"cmds": list(cmds), "cache_path": cache_path, "jittor_path": jittor_path,
+                          "msg": msg, "sys_path": sys.path})
+    helper = Path(__file__).with_name("_jittor_compile.py")
+    proc = subprocess.Popen([sys.executable, str(helper)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    proc.stdin.write(request)
+    proc.stdin.close()
+    lines = []
+    for line in proc.stdout:  # Jittor's "Compiling ..." progress, shown as it comes
+        lines.append(line)
+        print(line, end="", flush=True)
+    if proc.wait() != 0:
+        tail = "".join(lines[-12:])
+        raise RuntimeError(f"Jittor could not build its libraries ({msg}; exit status {proc.returncode}).\n"
+                           f"{tail}\nRun `gdlib doctor` in a terminal for the full report.")
 
-    Jittor compiles its core and extern libraries in a multiprocessing Pool created with fork(); forking a kernel,
-    which already runs threads (ZMQ, OpenMP), can leave the children deadlocked on a lock copied in its locked state:
-    the notebook then hangs or its kernel dies. A fork server is a fresh single-threaded process. Only in a kernel:
-    there __main__ is guarded, whereas a user's unguarded script would be re-imported by the workers."""
-    import multiprocessing as mp
-    if "ipykernel" not in sys.modules or "jittor" in sys.modules or "forkserver" not in mp.get_all_start_methods():
+
+def _compile_outside_kernel() -> None:
+    """In a Jupyter kernel, run Jittor's library compile step in a plain subprocess, not a Pool of the kernel.
+
+    Every ``import jittor`` passes its core library's compile commands (cached: cheap when nothing changed) to a
+    multiprocessing Pool of up to 16 workers. In a kernel that Pool hung twice in clean-clone runs: forked from
+    the threaded kernel (ZMQ, OpenMP) the workers deadlocked on a copied lock; started from a fork server instead,
+    a later run's notebook 01 still sat forever with every worker idle and the kernel waiting for a result. A
+    plain Python subprocess is single-threaded, so Jittor's own fork Pool is safe there, and if it dies the
+    kernel gets an error instead of a hang. Scripts and pytest keep Jittor's default."""
+    if "ipykernel" not in sys.modules or "jittor" in sys.modules:
         return
     try:
         import jittor_utils
     except Exception:  # noqa: BLE001 - jittor itself will report what is wrong
         return
-    jittor_utils.Pool = mp.get_context("forkserver").Pool
+    if os.environ.get("DISABLE_MULTIPROCESSING", "0") != "1":  # Jittor's serial mode needs no help
+        jittor_utils.run_cmds = _run_cmds_in_subprocess
 
 
 def setup_jittor():
     """Import Jittor with gdlib's settings and return the module."""
     configure()
-    _compile_pool_from_forkserver()
+    _compile_outside_kernel()
     import jittor as jt
     jt.flags.use_cuda = 1 if _STATE["device"] == "cuda" else 0
     return jt

@@ -118,3 +118,29 @@ def test_cli_unknown_command_is_exit_2(capsys):
     assert main(["no-such-command"]) == 2
     assert "unknown command" in capsys.readouterr().err
     assert main([]) == 0
+
+
+def test_kernel_compile_step_runs_in_a_subprocess_and_reports_failures(tmp_path):
+    """In a Jupyter kernel Jittor's compile commands run in gdlib/_jittor_compile.py, not in a Pool of the kernel."""
+    import jittor_utils
+    src = tmp_path / "add.cc"
+    src.write_text("int add(int a, int b) { return a + b; }\n")
+    obj = tmp_path / "add.o"
+    cmd = f'"{jittor_utils.cc_path}" "{src}" -c -o "{obj}"'
+    runtime._run_cmds_in_subprocess([cmd], jittor_utils.cache_path, str(tmp_path), "Compiling add")
+    assert obj.is_file() and obj.stat().st_size > 0
+    bad = f'"{jittor_utils.cc_path}" "{tmp_path / "missing.cc"}" -c -o "{tmp_path / "missing.o"}"'
+    with pytest.raises(RuntimeError, match="could not build its libraries \\(Compiling missing"):
+        runtime._run_cmds_in_subprocess([bad], jittor_utils.cache_path, str(tmp_path), "Compiling missing")
+
+
+def test_jittor_imports_through_the_subprocess_compile_step_in_a_kernel():
+    code = ("import sys, types; sys.modules['ipykernel'] = types.ModuleType('ipykernel')\n"
+            "from gdlib import runtime\n"
+            "jt = runtime.setup_jittor()\n"
+            "import jittor_utils\n"
+            "assert jittor_utils.run_cmds is runtime._run_cmds_in_subprocess\n"
+            "print(int(jt.array([1, 2, 3]).sum().item()))\n")
+    r = _run(code)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "6"
