@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -333,7 +332,7 @@ def finetune_style(style: str | os.PathLike | dict, out: str | os.PathLike | Non
     The model is changed in place (pass a fresh copy, or let `base` be loaded)."""
     from tqdm.auto import tqdm
 
-    from .train import min_snr_weights, training_target
+    from .train import MAX_BAD_STEPS, guarded_step, min_snr_weights, non_finite_error, training_target
 
     cfg = config or StyleConfig()
     if cfg.steps < 0 or cfg.batch_size < 1 or cfg.lr <= 0 or cfg.prior_weight < 0:
@@ -387,6 +386,7 @@ def finetune_style(style: str | os.PathLike | dict, out: str | os.PathLike | Non
     bar = tqdm(total=cfg.steps, initial=min(state["step"], cfg.steps), disable=not progress, desc="train-style",
                mininterval=2)
     t0, elapsed0, hist = time.time(), state["elapsed"], state["history"]
+    bad_steps = 0
     while state["step"] < cfg.steps:
         step = state["step"]
         rng = np.random.default_rng([cfg.seed, step])  # per step: a resumed run draws the same batches
@@ -415,14 +415,16 @@ def finetune_style(style: str | os.PathLike | dict, out: str | os.PathLike | Non
         if n_cls:
             prior_loss = per_sample[B:].mean()
             loss = inst_loss + cfg.prior_weight * prior_loss
-        opt.backward(loss)
-        if cfg.grad_clip > 0:
-            opt.clip_grad_norm(cfg.grad_clip)
-        opt.step()
+        total_val, norm_val, updated = guarded_step(opt, loss, cfg.grad_clip)
+        if not updated:  # weights untouched; a run of them is an error
+            bad_steps += 1
+            log(f"step {step}: loss {total_val}, gradient norm {norm_val}: not finite, update skipped")
+            if bad_steps >= MAX_BAD_STEPS:
+                raise non_finite_error(total_val, norm_val, step, cfg.lr, ckpt)
+            continue
+        bad_steps = 0
         _keep_frozen_rows(model, parts["row_mask"])
         loss_val = float(inst_loss.item())
-        if not math.isfinite(loss_val):
-            raise FloatingPointError(f"loss is {loss_val} at step {step}; lower the learning rate (lr={cfg.lr})")
         state["step"] = step + 1
         state["elapsed"] = elapsed0 + time.time() - t0
         hist["step"].append(state["step"])

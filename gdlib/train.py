@@ -90,6 +90,43 @@ def ema_update(ema_params: list, params: list, decay: float) -> None:
     jt.sync(ema_params)
 
 
+MAX_BAD_STEPS = 3  # non-finite steps in a row before a run stops
+
+
+def guarded_step(opt, loss: "jt.Var", grad_clip: float) -> tuple[float, float, bool]:
+    """Backward, clip and update only if the loss and the gradient norm are finite; returns (loss, norm, updated).
+
+    A non-finite step leaves weights and optimizer moments as they were (its gradients are dropped), so one bad
+    batch costs one step instead of the run; the caller decides when too many in a row is an error."""
+    opt.backward(loss)
+    norm = kernels.adamw.grad_norm(opt)
+    jt.sync([loss] if norm is None else [loss, norm])
+    loss_val = float(loss.item())
+    norm_val = 0.0 if norm is None else float(norm.item())
+    if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
+        opt.zero_grad()
+        opt.n_step -= 1  # the dropped backward does not count for Adam's bias correction
+        if getattr(opt, "_clip", None) is not None:
+            opt._clip = None
+        return loss_val, norm_val, False
+    if grad_clip > 0:
+        if isinstance(opt, kernels.AdamW):
+            opt.clip_grad_norm(grad_clip, total_norm=norm)
+        else:
+            opt.clip_grad_norm(grad_clip)
+    opt.step()
+    return loss_val, norm_val, True
+
+
+def non_finite_error(loss_val: float, norm_val: float, step: int, lr: float, ckpt: Path | None) -> FloatingPointError:
+    """The error after MAX_BAD_STEPS non-finite steps in a row."""
+    where = f"the last good checkpoint is {ckpt} (if any); " if ckpt is not None else ""
+    return FloatingPointError(
+        f"loss is {loss_val} (gradient norm {norm_val}) at step {step}, {MAX_BAD_STEPS} steps in a row "
+        f"(lr {lr:.2e}); the weights were not updated by them. {where}check the data for NaN, lower --lr or keep "
+        "--grad-clip on, then rerun to resume.")
+
+
 def _load_data(cfg: TrainConfig, model: TextToImage) -> dict:
     from . import toyworld
 
@@ -182,7 +219,7 @@ def train_base(cfg: TrainConfig, progress: bool = True, log: Callable[[str], Non
     hist = state["history"]
     bar = tqdm(total=cfg.steps, initial=state["step"], disable=not progress, desc="train-base", mininterval=5)
     t_last_ckpt, t0, elapsed0 = time.time(), time.time(), state["elapsed"]
-    running = None
+    running, bad_steps = None, 0
     while state["step"] < cfg.steps and state["elapsed"] < budget:
         step = state["step"]
         lr = lr_at(step, max(step / max(1, cfg.steps), state["elapsed"] / budget), cfg)
@@ -199,15 +236,15 @@ def train_base(cfg: TrainConfig, progress: bool = True, log: Callable[[str], Non
         pred = model.unet(jt.array(x_t), jt.array(t.astype(np.float32)), model.text_encoder(ids_b))
         per_sample = ((pred - jt.array(target)) ** 2).mean(dims=(1, 2, 3))
         loss = (per_sample * jt.array(w)).mean()
-        opt.backward(loss)
-        if cfg.grad_clip > 0:
-            opt.clip_grad_norm(cfg.grad_clip)
-        opt.step()
-        loss_val = float(loss.item())
-        if not math.isfinite(loss_val):
-            raise FloatingPointError(
-                f"loss is {loss_val} at step {step} (lr {lr:.2e}); the last good checkpoint is {ckpt} "
-                "(if any). Lower --lr or keep --grad-clip on, then rerun to resume.")
+        loss_val, norm_val, updated = guarded_step(opt, loss, cfg.grad_clip)
+        if not updated:
+            bad_steps += 1
+            log(f"\nstep {step}: loss {loss_val}, gradient norm {norm_val}: not finite, update skipped "
+                f"({bad_steps} in a row)")
+            if bad_steps >= MAX_BAD_STEPS:
+                raise non_finite_error(loss_val, norm_val, step, lr, ckpt)
+            continue
+        bad_steps = 0
         ema_update(ema_params, params, min(cfg.ema_decay, (1 + step) / (10 + step)))
         state["step"] = step + 1
         state["elapsed"] = elapsed0 + (time.time() - t0)

@@ -504,6 +504,21 @@ def test_fused_adamw_switch_off_is_jittor_adamw_and_state_is_compatible():
     assert opt2.n_step == 1
 
 
+@pytest.mark.parametrize("on", [True, False])
+def test_grad_norm_and_clip_grad_norm_return_the_joint_norm(on):
+    """grad_norm(opt) and clip_grad_norm(...) give the 2-norm over all gradients, fused or not."""
+    from gdlib.kernels.adamw import grad_norm
+    rng = np.random.default_rng(5)
+    ps = [jt.array(rng.normal(size=s).astype(np.float32)) for s in [(7, 3), (5,)]]
+    opt = FusedAdamW(ps, 1e-3)
+    with kernels.kernels_enabled(on):
+        assert grad_norm(opt) is None  # before any backward
+        opt.backward(sum((p * p).sum() for p in ps))  # gradient 2 p
+        want = 2 * np.sqrt(sum((p.numpy() ** 2).sum() for p in ps))
+        assert_close(grad_norm(opt).numpy(), np.array([want]), "grad_norm", rtol=1e-5)
+        assert_close(opt.clip_grad_norm(1.0).numpy(), np.array([want]), "clip_grad_norm", rtol=1e-5)
+
+
 @pytest.mark.parametrize("scale", [0.5, -0.7])
 def test_multihead_attention_explicit_scale(scale):
     """An explicit (even negative) softmax scale is honoured by the fused forward and backward."""

@@ -101,8 +101,25 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
         return d
 
     monkeypatch.setattr(toyworld, "make_dataset", poisoned)
-    with pytest.raises(FloatingPointError, match="loss is nan at step 0"):
+    with pytest.raises(FloatingPointError, match="loss is nan .*at step 0, 3 steps in a row"):
         T.train_base(tiny_train_config(tmp_path, steps=2), progress=False, log=lambda s: None)
+
+
+def test_one_non_finite_batch_is_skipped_without_touching_the_weights(tmp_path, monkeypatch):
+    """A single NaN batch costs one step: weights, Adam moments and the step count stay as they were."""
+    real, calls = T.training_target, []
+
+    def poisoned_once(*a, **k):
+        y = real(*a, **k)
+        calls.append(1)
+        return y * np.nan if len(calls) == 2 else y
+
+    monkeypatch.setattr(T, "training_target", poisoned_once)
+    logs = []
+    res = T.train_base(tiny_train_config(tmp_path, steps=3), progress=False, log=logs.append)
+    assert res["state"]["step"] == 3 and len(calls) == 4  # 3 updates + 1 skipped batch
+    assert any("step 1: loss nan" in line and "update skipped" in line for line in logs), logs
+    assert all(np.isfinite(p.numpy()).all() for p in res["model"].parameters())
 
 
 def test_held_out_styles_are_refused(tmp_path):

@@ -98,6 +98,16 @@ def sums_of_squares(grads: list) -> "jt.Var":
                    cuda_src=src(_CUDA_SUMSQ_ONE))[0]
 
 
+def grad_norm(opt) -> "jt.Var | None":
+    """Joint 2-norm of the gradients of opt's last backward ([1] Var, lazy; None before any backward)."""
+    grads = [g for pg in opt.param_groups for p, g in zip(pg["params"], pg.get("grads", [])) if not p.is_stop_grad()]
+    if not grads:
+        return None
+    if kernels_on() and _available(_build.device_key()) and all(str(g.dtype) == "float32" for g in grads):
+        return jt.sqrt(sums_of_squares(grads).sum()).reshape(1)
+    return jt.sqrt(sum(g.float32().sqr().sum() for g in grads)).reshape(1)
+
+
 class AdamW(jt.optim.AdamW):
     """jt.optim.AdamW with one fused op per parameter (switch on) or jt.optim.AdamW's own step (switch off)."""
 
@@ -109,16 +119,22 @@ class AdamW(jt.optim.AdamW):
         return kernels_on() and _available(_build.device_key()) and all(
             str(p.dtype) == "float32" for pg in self.param_groups for p in pg["params"])
 
-    def clip_grad_norm(self, max_norm: float, norm_type: int = 2):
-        """Scale all gradients so that their joint 2-norm is at most max_norm (applied inside step())."""
+    def clip_grad_norm(self, max_norm: float, norm_type: int = 2, total_norm: "jt.Var | None" = None):
+        """Scale all gradients so that their joint 2-norm is at most max_norm (applied inside step()).
+
+        Returns the norm before clipping ([1] Var; None for jt.optim's other norm types); pass total_norm if
+        it is already computed (from grad_norm(opt))."""
         if not self._fused() or norm_type != 2:
-            return super().clip_grad_norm(max_norm, norm_type)
-        grads = [g for pg in self.param_groups for p, g in zip(pg["params"], pg.get("grads", []))
-                 if not p.is_stop_grad()]
-        if not grads:
-            return
-        total_norm = jt.sqrt(sums_of_squares(grads).sum())
-        self._clip = jt.minimum(max_norm / (total_norm + 1e-6), 1.0).reshape(1).stop_grad()
+            norm = (total_norm if total_norm is not None else grad_norm(self)) if norm_type == 2 else None
+            if norm is not None:
+                norm.sync()  # before jt.optim scales the gradients in place
+            super().clip_grad_norm(max_norm, norm_type)
+            return norm
+        if total_norm is None:
+            total_norm = grad_norm(self)
+        if total_norm is not None:
+            self._clip = jt.minimum(max_norm / (total_norm + 1e-6), 1.0).reshape(1).stop_grad()
+        return total_norm
 
     def step(self, loss=None, retain_graph=False):
         if not self._fused():
