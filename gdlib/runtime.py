@@ -180,14 +180,18 @@ def _run_cmds_in_subprocess(cmds: list[str], cache_path: str, jittor_path: str, 
     request = json.dumps({"cmds": list(cmds), "cache_path": cache_path, "jittor_path": jittor_path,
                           "msg": msg, "sys_path": sys.path})
     helper = Path(__file__).with_name("_jittor_compile.py")
+    env = os.environ.copy()
+    env.pop("log_sync", None)  # set by Jittor in a notebook; each worker would announce it ("Load log_sync: 1")
     proc = subprocess.Popen([sys.executable, str(helper)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+                            stderr=subprocess.STDOUT, text=True, env=env)
     proc.stdin.write(request)
     proc.stdin.close()
+    verbose = os.environ.get("GDLIB_VERBOSE") == "1"
     lines = []
-    for line in proc.stdout:  # Jittor's "Compiling ..." progress, shown as it comes
+    for line in proc.stdout:  # Jittor's "Compiling ..." progress, shown as it comes; its info log only if verbose
         lines.append(line)
-        print(line, end="", flush=True)
+        if verbose or "[i " not in line:
+            print(line, end="", flush=True)
     if proc.wait() != 0:
         tail = "".join(lines[-12:])
         raise RuntimeError(f"Jittor could not build its libraries ({msg}; exit status {proc.returncode}).\n"

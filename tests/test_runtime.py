@@ -120,15 +120,18 @@ def test_cli_unknown_command_is_exit_2(capsys):
     assert main([]) == 0
 
 
-def test_kernel_compile_step_runs_in_a_subprocess_and_reports_failures(tmp_path):
+def test_kernel_compile_step_runs_in_a_subprocess_and_reports_failures(tmp_path, monkeypatch, capsys):
     """In a Jupyter kernel Jittor's compile commands run in gdlib/_jittor_compile.py, not in a Pool of the kernel."""
     import jittor_utils
+    monkeypatch.setenv("log_sync", "1")  # as Jittor sets it in a notebook: the workers must not announce it
+    monkeypatch.delenv("GDLIB_VERBOSE", raising=False)
     src = tmp_path / "add.cc"
     src.write_text("int add(int a, int b) { return a + b; }\n")
     obj = tmp_path / "add.o"
     cmd = f'"{jittor_utils.cc_path}" "{src}" -c -o "{obj}"'
     runtime._run_cmds_in_subprocess([cmd], jittor_utils.cache_path, str(tmp_path), "Compiling add")
     assert obj.is_file() and obj.stat().st_size > 0
+    assert "log_sync" not in capsys.readouterr().out
     bad = f'"{jittor_utils.cc_path}" "{tmp_path / "missing.cc"}" -c -o "{tmp_path / "missing.o"}"'
     with pytest.raises(RuntimeError, match="could not build its libraries \\(Compiling missing"):
         runtime._run_cmds_in_subprocess([bad], jittor_utils.cache_path, str(tmp_path), "Compiling missing")
