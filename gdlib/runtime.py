@@ -202,11 +202,10 @@ def _compile_outside_kernel() -> None:
     """In a Jupyter kernel, run Jittor's library compile step in a plain subprocess, not a Pool of the kernel.
 
     Every ``import jittor`` passes its core library's compile commands (cached: cheap when nothing changed) to a
-    multiprocessing Pool of up to 16 workers. In a kernel that Pool hung twice in clean-clone runs: forked from
-    the threaded kernel (ZMQ, OpenMP) the workers deadlocked on a copied lock; started from a fork server instead,
-    a later run's notebook 01 still sat forever with every worker idle and the kernel waiting for a result. A
-    plain Python subprocess is single-threaded, so Jittor's own fork Pool is safe there, and if it dies the
-    kernel gets an error instead of a hang. Scripts and pytest keep Jittor's default."""
+    multiprocessing Pool of up to 16 workers. Forked from the threaded kernel (ZMQ, OpenMP) those workers once
+    deadlocked on a copied lock. A plain Python subprocess is single-threaded, so Jittor's own fork Pool is safe
+    there, and if it dies the kernel gets an error instead of a hang. Scripts and pytest keep Jittor's default.
+    (A later hang, with the kernel idle and the client waiting, was ipykernel 7's: pyproject pins ipykernel<7.)"""
     if "ipykernel" not in sys.modules or "jittor" in sys.modules:
         return
     try:
