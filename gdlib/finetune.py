@@ -332,7 +332,7 @@ def finetune_style(style: str | os.PathLike | dict, out: str | os.PathLike | Non
     The model is changed in place (pass a fresh copy, or let `base` be loaded)."""
     from tqdm.auto import tqdm
 
-    from .train import MAX_BAD_STEPS, guarded_step, min_snr_weights, non_finite_error, training_target
+    from .train import count_skipped, guarded_step, min_snr_weights, training_target
 
     cfg = config or StyleConfig()
     if cfg.steps < 0 or cfg.batch_size < 1 or cfg.lr <= 0 or cfg.prior_weight < 0:
@@ -417,10 +417,7 @@ def finetune_style(style: str | os.PathLike | dict, out: str | os.PathLike | Non
             loss = inst_loss + cfg.prior_weight * prior_loss
         total_val, norm_val, updated = guarded_step(opt, loss, cfg.grad_clip)
         if not updated:  # weights untouched; a run of them is an error
-            bad_steps += 1
-            log(f"step {step}: loss {total_val}, gradient norm {norm_val}: not finite, update skipped")
-            if bad_steps >= MAX_BAD_STEPS:
-                raise non_finite_error(total_val, norm_val, step, cfg.lr, ckpt)
+            bad_steps = count_skipped(bad_steps, total_val, norm_val, step, cfg.lr, ckpt, log)
             continue
         bad_steps = 0
         _keep_frozen_rows(model, parts["row_mask"])

@@ -118,13 +118,18 @@ def guarded_step(opt, loss: "jt.Var", grad_clip: float) -> tuple[float, float, b
     return loss_val, norm_val, True
 
 
-def non_finite_error(loss_val: float, norm_val: float, step: int, lr: float, ckpt: Path | None) -> FloatingPointError:
-    """The error after MAX_BAD_STEPS non-finite steps in a row."""
-    where = f"the last good checkpoint is {ckpt} (if any); " if ckpt is not None else ""
-    return FloatingPointError(
-        f"loss is {loss_val} (gradient norm {norm_val}) at step {step}, {MAX_BAD_STEPS} steps in a row "
-        f"(lr {lr:.2e}); the weights were not updated by them. {where}check the data for NaN, lower --lr or keep "
-        "--grad-clip on, then rerun to resume.")
+def count_skipped(bad_steps: int, loss_val: float, norm_val: float, step: int, lr: float, ckpt: Path | None,
+                  log: Callable[[str], None]) -> int:
+    """Log a skipped non-finite step and return the new count in a row; at MAX_BAD_STEPS raise FloatingPointError."""
+    bad_steps += 1
+    log(f"\nstep {step}: loss {loss_val}, gradient norm {norm_val}: not finite, update skipped ({bad_steps} in a row)")
+    if bad_steps >= MAX_BAD_STEPS:
+        where = f"the last good checkpoint is {ckpt} (if any); " if ckpt is not None else ""
+        raise FloatingPointError(
+            f"loss is {loss_val} (gradient norm {norm_val}) at step {step}, {MAX_BAD_STEPS} steps in a row "
+            f"(lr {lr:.2e}); the weights were not updated by them. {where}check the data for NaN, lower --lr or "
+            "keep --grad-clip on, then rerun to resume.")
+    return bad_steps
 
 
 def _load_data(cfg: TrainConfig, model: TextToImage) -> dict:
@@ -238,11 +243,7 @@ def train_base(cfg: TrainConfig, progress: bool = True, log: Callable[[str], Non
         loss = (per_sample * jt.array(w)).mean()
         loss_val, norm_val, updated = guarded_step(opt, loss, cfg.grad_clip)
         if not updated:
-            bad_steps += 1
-            log(f"\nstep {step}: loss {loss_val}, gradient norm {norm_val}: not finite, update skipped "
-                f"({bad_steps} in a row)")
-            if bad_steps >= MAX_BAD_STEPS:
-                raise non_finite_error(loss_val, norm_val, step, lr, ckpt)
+            bad_steps = count_skipped(bad_steps, loss_val, norm_val, step, lr, ckpt, log)
             continue
         bad_steps = 0
         ema_update(ema_params, params, min(cfg.ema_decay, (1 + step) / (10 + step)))
