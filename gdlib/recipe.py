@@ -43,6 +43,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("dora", "dora", "instance", False, "DoRA, instance token"),
     Variant("dora_decoupled", "dora", "decoupled", False, "DoRA + decoupled prompts"),
     Variant("guided_dora", "dora", "decoupled", True, "Guided DoRA: DoRA + decoupled prompts + RB-Modulation"),
+    # off the chain: guidance without decoupling, so each of the two can be judged on its own (shares dora's fine-tune)
+    Variant("dora_rb", "dora", "instance", True, "DoRA + RB-Modulation, instance token (no decoupling)"),
 )}
 
 
@@ -241,7 +243,7 @@ def main_generate(argv: list[str]) -> int:
 
 
 def main_ablation(argv: list[str]) -> int:
-    """`gdlib ablation`: the four variants on held-out ToyWorld styles; prints (and optionally writes into the
+    """`gdlib ablation`: the five variants on held-out ToyWorld styles; prints (and optionally writes into the
     README) the table of Style, Text, Quality and Final."""
     import argparse
     import shlex

@@ -36,12 +36,14 @@ def quick(**kw) -> recipe.RecipeConfig:
 
 
 def test_variants_by_name_and_errors():
-    assert [v.name for v in recipe.variants()] == ["baseline", "dora", "dora_decoupled", "guided_dora"]
+    assert [v.name for v in recipe.variants()] == ["baseline", "dora", "dora_decoupled", "guided_dora", "dora_rb"]
     assert [v.name for v in recipe.variants("dora, guided_dora")] == ["dora", "guided_dora"]
     base = recipe.VARIANTS["baseline"]
     assert (base.adapter, base.caption_mode, base.guided) == ("lora", "instance", False)
     g = recipe.VARIANTS["guided_dora"]
     assert (g.adapter, g.caption_mode, g.guided) == ("dora", "decoupled", True)
+    r = recipe.VARIANTS["dora_rb"]
+    assert (r.adapter, r.caption_mode, r.guided) == ("dora", "instance", True)
     with pytest.raises(ValueError, match="unknown variant"):
         recipe.variants("dora,lora_xl")
 
