@@ -207,6 +207,8 @@ for metric in ("leakage", "content_accuracy", "style"):
           f"decoupled captions {mean_over_prior(metric, 'decoupled'):.3f}  (mean over prior off / on)")
 assert mean_over_prior("content_accuracy", "decoupled") < mean_over_prior("content_accuracy", "instance"), \
     "decoupled prompts should cost content accuracy on this base (section 3: it reads style-less prompts poorly)"
+assert mean_over_prior("leakage", "decoupled") >= mean_over_prior("leakage", "instance"), \
+    "decoupled prompts lowered leakage on this base: the text below no longer describes the run, update it"
 """),
 M("""
 Read the printed means before the story. On the shipped base the plain instance-token runs hardly leak: their
@@ -215,7 +217,8 @@ slot, and this base follows the object word of that template reliably (section 3
 leaving the template: `painting of car` has no style word, the base draws objects less reliably from it, and what the
 prompt leaves open the adapter fills with what it learned — the references' category. So here decoupling buys no
 leakage reduction and costs content accuracy; look at the Style line to see what it gave in return. With a base that
-reads style-less prompts as well as styled ones (a large text-to-image model does), the trade changes: that is the
+reads style-less prompts as well as styled ones (as a large text-to-image model trained on varied captions does),
+the trade changes: that is the
 setting the recipe was made for.
 """),
 M("""
