@@ -142,21 +142,22 @@ plot.image_grid(class_x[:12], nrow=6, titles=class_objects[:12], suptitle="class
 M("""
 The decoupled inference prompt (`painting of car`) has no style word either. ToyWorld's base model was trained on
 one template only, `a {style} painting of a {object}` (plus empty captions for guidance), so a prompt without a
-style word is outside what it has seen. How well does it still draw the object? Same objects, same seed, three
-templates:
+style word is outside what it has seen. How well does it still draw the object? The class prompt was measured
+above; here the training template (with a known style) and the decoupled prompt, same objects, same seed:
 """),
 C("""
 from gdlib.pipeline import generate
-templates = {"a flat painting of a {}": "training template, a known style",
-             "a painting of a {}": "DreamBooth class prompt",
-             "painting of {}": "decoupled inference prompt"}
 asked_base = [o for o in toyworld.OBJECTS for _ in range(2)]
 template_acc = {}
-for tpl, what in templates.items():
+for tpl in ("a flat painting of a {}", "painting of {}"):
     x = generate(base, [tpl.format(o) for o in asked_base], EVAL_STEPS, GUIDANCE, seed=SEED, strict=True)
     template_acc[tpl] = metrics.content_accuracy(ev.predict_content(x), [ev.objects.index(o) for o in asked_base])
+template_acc["a painting of a {}"] = base_acc          # the class images above
+order = {"a flat painting of a {}": "training template, a known style", "a painting of a {}": "DreamBooth class prompt",
+         "painting of {}": "decoupled inference prompt"}
+for tpl, what in order.items():
     print(f"{tpl.format('{object}')!r:28} ({what}): content accuracy {template_acc[tpl]:.2f}")
-plot.bars({t.format("X"): a for t, a in template_acc.items()}, "content accuracy",
+plot.bars({t.format("X"): template_acc[t] for t in order}, "content accuracy",
           title="base model: how the prompt template changes content accuracy");
 assert template_acc["painting of {}"] < template_acc["a flat painting of a {}"], \
     "the base model should draw objects more reliably with a style word in its training template"
