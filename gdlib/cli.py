@@ -22,7 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-style": ("gdlib.finetune:main_train_style", "fine-tune one style folder (LoRA/DoRA/full, DreamBooth prior, decoupled captions)"),
     "generate": ("gdlib.recipe:main_generate", "prompt.json (+ style file, + RB-Modulation toward the references) -> OUT/NN/{prompt}.png"),
     "demo": ("gdlib.recipe:main_demo", "Guided DoRA on one held-out ToyWorld style: outputs/demo.png and the score table"),
-    "ablation": ("gdlib.recipe:main_ablation", "baseline / DoRA / +decoupled / Guided DoRA on held-out styles: the score table"),
+    "ablation": ("gdlib.recipe:main_ablation", "baseline / DoRA / +decoupled / Guided DoRA on the test styles x seeds: means and 95% intervals"),
+    "sweep": ("gdlib.sweep:main", "tune the recipe's knobs on the validation styles only: results JSON + table"),
 }
 
 

@@ -31,6 +31,10 @@ from .checkpoint import load_tensors, optimizer_tensors, restore_optimizer, save
 from .pipeline import DEFAULT_BASE, DEFAULT_GUIDANCE, TextToImage  # noqa: E402
 
 ADAPTER_KINDS = ("lora", "dora", "full")
+# where a style adapter sits: the attention projections AND the residual blocks' 3x3 convolutions. Attention alone
+# (peft's usual choice, adapters.DEFAULT_TARGETS) learns little style on this UNet (notebook 03 measures both
+# placements); `gdlib sweep` compares them on the validation styles (data/sweep/README.md).
+STYLE_TARGETS = tuple(DEFAULT_TARGETS) + ("conv1", "conv2")
 STYLE_KEY = "gdlib_style"
 
 
@@ -40,7 +44,7 @@ class StyleConfig:
     adapter: str = "dora"                 # lora | dora | full (every UNet weight)
     rank: int = 4
     alpha: float | None = None            # None: alpha = rank (the challenge baseline's choice)
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    targets: list[str] = field(default_factory=lambda: list(STYLE_TARGETS))
     steps: int = 150
     lr: float = 2e-3                      # adapters; full fine-tuning wants ~10x less
     batch_size: int = 4

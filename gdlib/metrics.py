@@ -119,6 +119,20 @@ def challenge_score(emb_sim: float, hist_sim: float, perc_dist: float, r_precisi
     return {"style": style, "text": text, "quality": quality, "final": style * (text + quality)}
 
 
+def per_image_outcomes(ev, images: np.ndarray, asked: Sequence[str], ref_objects: Sequence[str] = ()) -> dict:
+    """Per image: `correct` (drawn as the asked object) and `leaked` (drawn as one of ref_objects while another object
+    was asked; False when the asked object is itself a reference object), both bool [N], plus `asked`: the units a
+    paired bootstrap over objects resamples (gdlib.stats.by_cluster)."""
+    unknown = sorted({w for w in list(asked) + list(ref_objects) if w not in ev.objects})
+    if unknown:
+        raise ValueError(f"objects {unknown} are not ToyWorld objects the content evaluator knows ({ev.objects})")
+    pred = np.asarray(ev.predict_content(images))
+    asked_idx = np.array([ev.objects.index(w) for w in asked])
+    ref_idx = np.array([ev.objects.index(w) for w in ref_objects], dtype=np.int64)
+    other = ~np.isin(asked_idx, ref_idx)
+    return {"correct": pred == asked_idx, "leaked": other & np.isin(pred, ref_idx), "asked": list(asked)}
+
+
 def score_set(ev, images: np.ndarray, asked: Sequence[str], ref_images: np.ndarray,
               ref_objects: Sequence[str]) -> dict:
     """All metrics for one style: predictions `images` that asked for objects `asked`, against the few-shot

@@ -161,9 +161,10 @@ def generate(model: TextToImage, prompts: str | Sequence[str], num_inference_ste
 
 def measure_accuracy(model: TextToImage, styles: Sequence[str], objects: Sequence[str], n_per_pair: int = 1,
                      num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE, seed: int = 0,
-                     evaluators: Any = None, return_images: bool = False) -> dict:
-    """Generate n_per_pair images per "a {style} painting of a {object}" prompt and score them with the
-    ToyWorld evaluators: content accuracy (object) and style accuracy, overall and per style."""
+                     evaluators: Any = None, return_images: bool = False, template: str = "style") -> dict:
+    """Generate n_per_pair images per style x object prompt (a toyworld.CAPTION_TEMPLATES form, by default
+    "a {style} painting of a {object}") and score them with the ToyWorld evaluators: content accuracy (object) and
+    style accuracy, overall and per style. A template without the style word has no style accuracy (None)."""
     from . import toyworld
     from .models.evaluators import load_evaluators
 
@@ -171,17 +172,24 @@ def measure_accuracy(model: TextToImage, styles: Sequence[str], objects: Sequenc
     pairs = [(s, o) for s in styles for o in objects for _ in range(int(n_per_pair))]
     if not pairs:
         raise ValueError("measure_accuracy: give at least one style and one object")
-    prompts = [toyworld.caption(s, o) for s, o in pairs]
+    prompts = [toyworld.caption(s, o, template) for s, o in pairs]
     images = generate(model, prompts, num_inference_steps, guidance_scale, seed=seed)
     obj_pred = np.asarray(ev.predict_content(images))
     sty_pred = np.asarray(ev.predict_style(images))
     ev_objects, ev_styles = list(getattr(ev, "objects", toyworld.OBJECTS)), list(getattr(ev, "styles", toyworld.STYLES))
     obj_ok = np.array([ev_objects[p] == o for p, (_, o) in zip(obj_pred, pairs)])
     sty_ok = np.array([ev_styles[p] == s for p, (s, _) in zip(sty_pred, pairs)])
-    out = {"content_accuracy": float(obj_ok.mean()), "style_accuracy": float(sty_ok.mean()), "n_images": len(pairs),
-           "num_inference_steps": int(num_inference_steps), "guidance_scale": float(guidance_scale), "seed": int(seed),
+    has_style = toyworld.template_has_style(template)
+    out = {"template": template, "prompt_form": toyworld.CAPTION_TEMPLATES[template],
+           "content_accuracy": float(obj_ok.mean()), "style_accuracy": float(sty_ok.mean()) if has_style else None,
+           "n_images": len(pairs), "num_inference_steps": int(num_inference_steps),
+           "guidance_scale": float(guidance_scale), "seed": int(seed),
            "per_style": {s: {"content": float(obj_ok[[p[0] == s for p in pairs]].mean()),
-                             "style": float(sty_ok[[p[0] == s for p in pairs]].mean())} for s in styles}}
+                             "style": float(sty_ok[[p[0] == s for p in pairs]].mean()) if has_style else None}
+                         for s in styles}}
+    if not has_style:  # the style the model chose by itself, as a histogram over the evaluator's styles
+        out["styles_drawn"] = {ev_styles[i]: int(c) for i, c in enumerate(np.bincount(sty_pred, minlength=len(ev_styles)))
+                               if c}
     if return_images:
         out["images"], out["prompts"] = images, prompts
     return out

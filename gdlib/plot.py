@@ -19,8 +19,10 @@ def to_uint8(images) -> np.ndarray:
 
 
 def image_grid(images, nrow: int | None = None, titles: Sequence[str] | None = None,
-               row_labels: Sequence[str] | None = None, scale: float = 1.0, suptitle: str | None = None):
-    """Show images ([N, 3, H, W] in [-1, 1], or [N, H, W, 3] uint8) in a grid with optional titles."""
+               row_labels: Sequence[str] | None = None, scale: float = 1.0, suptitle: str | None = None,
+               empty: Sequence[int] = ()):
+    """Show images ([N, 3, H, W] in [-1, 1], or [N, H, W, 3] uint8) in a grid with optional titles; the cells whose
+    index is in `empty` stay blank (e.g. a short row of references)."""
     import matplotlib.pyplot as plt
 
     arr = np.asarray(images) if not hasattr(images, "numpy") else images.numpy()
@@ -30,9 +32,10 @@ def image_grid(images, nrow: int | None = None, titles: Sequence[str] | None = N
     ncol = nrow if nrow else min(n, 8)
     rows = (n + ncol - 1) // ncol
     fig, axes = plt.subplots(rows, ncol, figsize=(1.3 * ncol * scale, 1.4 * rows * scale), squeeze=False)
+    skip = set(int(i) for i in empty)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
-        if i < n:
+        if i < n and i not in skip:
             ax.imshow(arr[i], interpolation="nearest")
             if titles is not None and i < len(titles):
                 ax.set_title(titles[i], fontsize=7)
@@ -47,6 +50,20 @@ def image_grid(images, nrow: int | None = None, titles: Sequence[str] | None = N
         fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def denoising_strip(states: Sequence[np.ndarray], x0_hats: Sequence[np.ndarray], ts: Sequence[int],
+                    n_cols: int = 8, suptitle: str | None = None):
+    """The reverse process of one image as two rows: the state x_t (top) and the Tweedie estimate x0_hat (bottom) at
+    up to n_cols evenly spaced steps (images [3, H, W] in [-1, 1]; the last column is the final step)."""
+    if not (len(states) == len(x0_hats) == len(ts)) or not len(ts):
+        raise ValueError(f"denoising_strip: need as many states, x0_hats and timesteps (got {len(states)}, "
+                         f"{len(x0_hats)}, {len(ts)})")
+    idx = np.unique(np.linspace(0, len(ts) - 1, min(n_cols, len(ts))).round().astype(int))
+    top = np.stack([np.clip(np.asarray(states[i]), -1, 1) for i in idx])
+    bottom = np.stack([np.asarray(x0_hats[i]) for i in idx])
+    return image_grid(np.concatenate([top, bottom]), nrow=len(idx), titles=[f"t={int(ts[i])}" for i in idx],
+                      row_labels=["x_t", "x0_hat"], suptitle=suptitle)
 
 
 def curves(xs: dict[str, Sequence[float]], ys: dict[str, Sequence[float]], xlabel: str, ylabel: str,

@@ -3,7 +3,7 @@
 Three caption modes (specs/prompt_decoupling.md):
   instance    "{token}"                          the challenge baseline's "style_07": no content words at all
   dreambooth  "a {token} painting of a {object}"  DreamBooth (Ruiz et al. 2023): identifier + class word + object
-  decoupled   "{attributes} painting of {object}" the seed team's prompt decoupling: attribute words explain the
+  decoupled   "{attributes} painting of {object}" the Guided DoRA challenge entry's prompt decoupling: attribute words explain the
                                                  content the few-shot images share, so the adapter keeps the style
 Inference prompts keep the identifier and the style words but drop the content attribute words ("animal"): the
 content they explained must not come along ("painting of car", not "animal painting of car").

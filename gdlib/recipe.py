@@ -24,6 +24,7 @@ from . import runtime
 jt = runtime.setup_jittor()
 
 from .finetune import StyleConfig, finetune_style, load_base, load_style_folder, style_prompt  # noqa: E402
+from .stats import format_interval, paired_difference  # noqa: E402
 from .guidance import RBConfig, stylize  # noqa: E402
 from .pipeline import DEFAULT_BASE, DEFAULT_GUIDANCE, generate  # noqa: E402
 
@@ -50,15 +51,18 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 
 @dataclass
 class RecipeConfig:
-    """Knobs shared by every variant: fine-tuning budget (defaults: StyleConfig's), sampling, RB-Modulation."""
+    """Knobs shared by every variant: fine-tuning budget and adapter placement (defaults: StyleConfig's), sampling,
+    RB-Modulation (defaults: RBConfig's). Every variant gets the same placement, so DoRA vs LoRA compares adapters."""
+    targets: tuple[str, ...] = tuple(StyleConfig().targets)
     steps: int = StyleConfig.steps
     rank: int = StyleConfig.rank
     lr: float = StyleConfig.lr
     batch_size: int = StyleConfig.batch_size
     prior_weight: float = StyleConfig.prior_weight
+    attributes: str | None = None         # attribute table for decoupled captions (None: the shipped one)
     sample_steps: int = 20
     guidance_scale: float = DEFAULT_GUIDANCE
-    rb: RBConfig = field(default_factory=lambda: RBConfig(lam_style=1e3))
+    rb: RBConfig = field(default_factory=RBConfig)
     psi: str = "gram"
     afa: bool = False
     seed: int = 0
@@ -79,7 +83,8 @@ def variants(names: Sequence[str] | str | None = None) -> list[Variant]:
 def style_config(variant: Variant, cfg: RecipeConfig) -> StyleConfig:
     """The fine-tuning config of a variant."""
     return StyleConfig(adapter=variant.adapter, caption_mode=variant.caption_mode, rank=cfg.rank, steps=cfg.steps,
-                       lr=cfg.lr, batch_size=cfg.batch_size, prior_weight=cfg.prior_weight, seed=cfg.seed)
+                       lr=cfg.lr, batch_size=cfg.batch_size, prior_weight=cfg.prior_weight, seed=cfg.seed,
+                       targets=list(cfg.targets), attributes=cfg.attributes)
 
 
 def generate_predictions(model, info: dict, objects: Sequence[str], cfg: RecipeConfig,
@@ -94,9 +99,10 @@ def generate_predictions(model, info: dict, objects: Sequence[str], cfg: RecipeC
 
 def run_style(style: str | Path | dict, names: Sequence[str] | str | None = None, cfg: RecipeConfig | None = None,
               base: str | Path = DEFAULT_BASE, objects: Sequence[str] | None = None, ev: Any = None,
-              progress: bool = False, log: Callable[[str], None] = print) -> dict:
+              progress: bool = False, log: Callable[[str], None] = print, finetune_cache: dict | None = None) -> dict:
     """Fine-tune, generate and score each variant on one style folder. Returns {variant: dict(images, asked,
-    scores, info, seconds)}; `objects` defaults to the folder's prompt.json (else every other ToyWorld object)."""
+    scores, info, seconds)}; `objects` defaults to the folder's prompt.json (else every other ToyWorld object).
+    Variants with the same fine-tune share it; pass a dict as finetune_cache to share fine-tunes across calls."""
     from .metrics import score_set
 
     cfg = cfg or RecipeConfig()
@@ -107,9 +113,9 @@ def run_style(style: str | Path | dict, names: Sequence[str] | str | None = None
     ds = style if isinstance(style, dict) else load_style_folder(style, first.config.unet.image_size)
     if objects is None:
         objects = list(ds["prompts"].values()) or [o for o in ev.objects if o not in ds["objects"]]
-    out, tuned = {}, {}
+    out, tuned = {}, ({} if finetune_cache is None else finetune_cache)
     for v in variants(names):
-        key = (v.adapter, v.caption_mode)
+        key = (ds.get("path"), str(base), json.dumps(asdict(style_config(v, cfg)), sort_keys=True))
         t0 = time.time()
         if key not in tuned:
             model, first = first or load_base(base), None
@@ -131,13 +137,19 @@ def run_style(style: str | Path | dict, names: Sequence[str] | str | None = None
 
 def run_ablation(challenge_root: str | Path, names: Sequence[str] | str | None = None,
                  cfg: RecipeConfig | None = None, base: str | Path = DEFAULT_BASE, out: str | Path | None = None,
-                 sets: Sequence[str] | None = None, ev: Any = None, log: Callable[[str], None] = print) -> dict:
-    """run_style on every set of a challenge folder; with `out`, predictions go to {out}/{variant}/{NN}/{prompt}.png
-    (scoreable by `gdlib score`). Returns dict(runs={sid: run_style(...)}, table={variant: {sid: scores}},
-    mean={variant: {metric: mean}})."""
+                 sets: Sequence[str] | None = None, ev: Any = None, log: Callable[[str], None] = print,
+                 seeds: Sequence[int] | None = None) -> dict:
+    """run_style on every set of a challenge folder, once per seed (the fine-tune seed and the sampling seed; default:
+    cfg.seed only); with `out`, predictions go to {out}/{variant}/{NN}/{prompt}.png (seed {s} > first:
+    {out}/seed{s}/...). Returns dict(runs={sid: run_style(...)} of the first seed, by_seed={seed: runs},
+    table={variant: {sid: scores}} of the first seed, mean={variant: {metric: mean over sets and seeds}},
+    compare={variant: {metric: paired_difference vs baseline}} when the baseline ran, config, seeds)."""
     from .imageio import save_images
 
     cfg = cfg or RecipeConfig()
+    seeds = [cfg.seed] if seeds is None else [int(x) for x in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct integers, got {seeds}")
     root = Path(challenge_root)
     if not root.is_dir():
         raise FileNotFoundError(f"challenge folder {root} does not exist; make one with `gdlib toyworld export`")
@@ -149,16 +161,38 @@ def run_ablation(challenge_root: str | Path, names: Sequence[str] | str | None =
     if ev is None:
         from .models.evaluators import load_evaluators
         ev = load_evaluators()
-    runs = {}
-    for d in dirs:
-        runs[d.name] = run_style(d, names, cfg, base, ev=ev, log=log)
-        if out is not None:
-            for vname, r in runs[d.name].items():
-                save_images(Path(out) / vname / d.name, r["images"], r["asked"])
-    table = {v.name: {sid: runs[sid][v.name]["scores"] for sid in runs} for v in variants(names)}
-    keys = ("content_accuracy", "leakage", "style", "text", "quality", "final")
-    mean = {v: {k: float(np.mean([s[k] for s in per.values()])) for k in keys} for v, per in table.items()}
-    return {"runs": runs, "table": table, "mean": mean, "config": config_dict(cfg)}
+    by_seed: dict[int, dict] = {}
+    for seed in seeds:
+        scfg = replace(cfg, seed=seed)
+        by_seed[seed] = {}
+        for d in dirs:
+            by_seed[seed][d.name] = run_style(d, names, scfg, base, ev=ev, log=log)
+            if out is not None:
+                where = Path(out) if seed == seeds[0] else Path(out) / f"seed{seed}"
+                for vname, r in by_seed[seed][d.name].items():
+                    save_images(where / vname / d.name, r["images"], r["asked"])
+    return summarize(by_seed, [v.name for v in variants(names)], cfg)
+
+
+METRICS = ("content_accuracy", "leakage", "style", "text", "quality", "final")
+
+
+def summarize(by_seed: dict[int, dict], names: Sequence[str], cfg: RecipeConfig) -> dict:
+    """Means over every (set, seed) cell and each variant's paired bootstrap interval against the baseline."""
+    seeds = list(by_seed)
+    runs = by_seed[seeds[0]]
+    sids = list(runs)
+    table = {v: {sid: runs[sid][v]["scores"] for sid in sids} for v in names}
+    per = {v: {k: {sid: [by_seed[s][sid][v]["scores"][k] for s in seeds] for sid in sids} for k in METRICS}
+           for v in names}
+    mean = {v: {k: float(np.mean([x for xs in per[v][k].values() for x in xs])) for k in METRICS} for v in names}
+    compare = {}
+    if "baseline" in names:
+        for v in names:
+            if v != "baseline":
+                compare[v] = {k: paired_difference(per[v][k], per["baseline"][k]) for k in ("final", "style")}
+    return {"runs": runs, "by_seed": by_seed, "table": table, "per_cell": per, "mean": mean, "compare": compare,
+            "config": config_dict(cfg), "seeds": seeds}
 
 
 def config_dict(cfg: RecipeConfig) -> dict:
@@ -166,19 +200,59 @@ def config_dict(cfg: RecipeConfig) -> dict:
     return asdict(cfg)
 
 
-def variant_table(rows: dict[str, dict]) -> str:
-    """A Markdown table, one row per variant name -> metrics (content_accuracy, leakage, style, text, quality, final)."""
-    head = ("| variant | content acc. | leakage | Style | Text | Quality | **Final** |\n"
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    lines = [f"| {VARIANTS[v].label if v in VARIANTS else v} | {m['content_accuracy']:.3f} | {m['leakage']:.3f} | "
-             f"{m['style']:.3f} | {m['text']:.3f} | {m['quality']:.3f} | **{m['final']:.3f}** |" for v, m in rows.items()]
+def variant_table(rows: dict[str, dict], compare: dict[str, dict] | None = None) -> str:
+    """A Markdown table, one row per variant name -> metrics (content_accuracy, leakage, style, text, quality, final);
+    with `compare` (summarize's), a column ΔFinal vs baseline [95% CI]."""
+    ci = compare is not None
+    head = ("| variant | content acc. | leakage | Style | Text | Quality | **Final** |" + (" ΔFinal vs baseline [95% CI] |"
+            if ci else "") + "\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if ci else ""))
+    lines = []
+    for v, m in rows.items():
+        line = (f"| {VARIANTS[v].label if v in VARIANTS else v} | {m['content_accuracy']:.3f} | {m['leakage']:.3f} | "
+                f"{m['style']:.3f} | {m['text']:.3f} | {m['quality']:.3f} | **{m['final']:.3f}** |")
+        if ci:
+            line += f" {format_interval(compare[v]['final']) if v in compare else '(reference)'} |"
+        lines.append(line)
     return head + "\n" + "\n".join(lines)
 
 
+# each ingredient's own step: (label, variant with it, variant without it)
+INGREDIENT_STEPS = (("DoRA instead of LoRA", "dora", "baseline"),
+                    ("+ decoupled prompts", "dora_decoupled", "dora"),
+                    ("+ RB-Modulation (with decoupling)", "guided_dora", "dora_decoupled"),
+                    ("+ RB-Modulation (instance token)", "dora_rb", "dora"),
+                    ("Guided DoRA vs the baseline", "guided_dora", "baseline"))
+
+
+def ingredient_steps(result: dict) -> dict[str, dict]:
+    """Paired bootstrap intervals of Style and Final for each ingredient's step (INGREDIENT_STEPS) that ran."""
+    per = result["per_cell"]
+    return {label: {k: paired_difference(per[a][k], per[b][k]) for k in ("style", "final")}
+            for label, a, b in INGREDIENT_STEPS if a in per and b in per}
+
+
+def ingredient_markdown(steps: dict[str, dict]) -> str:
+    """ingredient_steps as a Markdown table of ΔStyle and ΔFinal with their 95% intervals."""
+    lines = ["| step | ΔStyle [95% CI] | ΔFinal [95% CI] |", "| --- | ---: | ---: |"]
+    lines += [f"| {k} | {format_interval(v['style'])} | {format_interval(v['final'])} |" for k, v in steps.items()]
+    return "\n".join(lines)
+
+
 def ablation_markdown(result: dict) -> str:
-    """The ablation (run_ablation's result) as a Markdown table of means over the style sets."""
-    sids = list(result["runs"])
-    return variant_table(result["mean"]) + f"\n\nMeans over {len(sids)} held-out style sets ({', '.join(sids)})."
+    """The ablation (run_ablation's result) as a Markdown table of means over the style sets and seeds."""
+    sids, seeds = list(result["runs"]), result.get("seeds", [0])
+    styles = [result["runs"][s][next(iter(result["runs"][s]))]["scores"].get("style_name") for s in sids]
+    text = variant_table(result["mean"], result.get("compare") if result.get("compare") else None)
+    text += (f"\n\nMeans over {len(sids)} held-out style sets ({', '.join(f'{a} {b}' for a, b in zip(sids, styles))})"
+             f" x {len(seeds)} seed(s) ({', '.join(map(str, seeds))}), {len(result['runs'][sids[0]][next(iter(result['runs'][sids[0]]))]['asked'])} "
+             "prompts per set.")
+    if result.get("compare"):
+        text += (" Intervals: paired bootstrap over the (style, seed) cells, styles resampled first, then seeds within "
+                 "a style (10,000 resamples); an interval that holds 0 means no difference was shown.")
+    steps = ingredient_steps(result)
+    if steps:
+        text += "\n\nWhat each ingredient changed (same cells, paired):\n\n" + ingredient_markdown(steps)
+    return text
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -188,18 +262,25 @@ def _add_common(p) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="fine-tuning steps per style")
     p.add_argument("--rank", type=int, default=d.rank)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--targets", default=",".join(d.targets), help="module names every variant adapts (comma list)")
     p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="DDIM steps")
     p.add_argument("--cfg", type=float, default=d.guidance_scale, help="classifier-free guidance scale")
     p.add_argument("--style-weight", type=float, default=d.rb.lam_style, help="RB-Modulation lam_style")
     p.add_argument("--num-iter", type=int, default=d.rb.num_iter, help="RB-Modulation Adam steps per reverse step")
+    p.add_argument("--eta", type=float, default=d.rb.eta, help="RB-Modulation Adam step size at the first step")
     p.add_argument("--psi", default=d.psi, choices=["gram", "csd"], help="style descriptor for the guidance")
     p.add_argument("--afa", action="store_true", help="also aggregate the references' attention features")
     p.add_argument("--seed", type=int, default=d.seed)
 
 
 def _cfg_from(a) -> RecipeConfig:
-    return RecipeConfig(steps=a.steps, rank=a.rank, lr=a.lr, sample_steps=a.sample_steps, guidance_scale=a.cfg,
-                        rb=RBConfig(lam_style=a.style_weight, num_iter=a.num_iter), psi=a.psi, afa=a.afa, seed=a.seed)
+    targets = tuple(t.strip() for t in a.targets.split(",") if t.strip())
+    if not targets:
+        raise ValueError("--targets needs at least one module name, e.g. to_q,to_k,to_v,to_out,conv1,conv2")
+    return RecipeConfig(targets=targets, steps=a.steps, rank=a.rank, lr=a.lr, sample_steps=a.sample_steps,
+                        guidance_scale=a.cfg, rb=replace(RecipeConfig().rb, lam_style=a.style_weight,
+                                                         num_iter=a.num_iter, eta=a.eta),
+                        psi=a.psi, afa=a.afa, seed=a.seed)
 
 
 def main_generate(argv: list[str]) -> int:
@@ -243,51 +324,95 @@ def main_generate(argv: list[str]) -> int:
 
 
 def main_ablation(argv: list[str]) -> int:
-    """`gdlib ablation`: the five variants on held-out ToyWorld styles; prints (and optionally writes into the
-    README) the table of Style, Text, Quality and Final."""
+    """`gdlib ablation`: the variants on the held-out ToyWorld TEST styles x every unseen object x several seeds;
+    prints (and optionally writes into the README) each variant's means and its paired bootstrap 95% interval
+    against the baseline; writes OUT/results.json (per set, per seed, with the command and versions)."""
     import argparse
     import shlex
+    import sys
     import tempfile
 
-    from .toyworld import HELDOUT_STYLES
+    from .toyworld import DATA_VERSION, HELDOUT_STYLES, TEST_STYLES
     from .toyworld.export import export_challenge
 
     p = argparse.ArgumentParser(prog="gdlib ablation", description=main_ablation.__doc__)
-    p.add_argument("--styles", default=",".join(HELDOUT_STYLES), help="held-out ToyWorld styles to export and use")
+    p.add_argument("--styles", default=",".join(TEST_STYLES),
+                   help=f"held-out ToyWorld styles to export and use (default: the test styles; all: {HELDOUT_STYLES})")
     p.add_argument("--challenge", default=None, help="use this challenge folder instead of exporting ToyWorld styles")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the ToyWorld export")
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--out", default="runs/ablation", help="predictions (OUT/{variant}/NN) and results.json")
+    p.add_argument("--seeds", default="0,1,2", help="fine-tune + sampling seeds, comma list (each set runs once per seed)")
+    p.add_argument("--out", default="runs/ablation", help="predictions go to OUT/predictions/{variant}/NN")
+    p.add_argument("--results", default=None, help="results JSON to write (default: OUT/results.json)")
     p.add_argument("--readme", default=None, help="write the table into this README between ablation markers")
     p.add_argument("--max-prompts", type=int, default=None, help="prompts per exported style (default: all 12)")
     _add_common(p)
     a = p.parse_args(argv)
     try:
         cfg = _cfg_from(a)
+        try:
+            seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--seeds must look like 0,1,2, got {a.seeds!r}") from None
         root = a.challenge
         if root is None:
             root = Path(tempfile.mkdtemp(prefix="gdlib_ablation_"))
             export_challenge(root, styles=[s.strip() for s in a.styles.split(",") if s.strip()], seed=a.data_seed,
                              max_prompts=a.max_prompts)
         t0 = time.time()
-        res = run_ablation(root, a.variants, cfg, a.base, out=Path(a.out) / "predictions")
+        res = run_ablation(root, a.variants, cfg, a.base, out=Path(a.out) / "predictions", seeds=seeds)
     except (ValueError, FileNotFoundError) as err:
-        print(f"gdlib ablation: error: {err}")
+        print(f"gdlib ablation: error: {err}", file=sys.stderr)
         return 2
+    seconds = time.time() - t0
     table = ablation_markdown(res)
     command = "gdlib ablation " + " ".join(shlex.quote(x) for x in argv)
     print(table)
-    print(f"({time.time() - t0:.0f} s)")
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(
-        {"command": command, "config": res["config"], "mean": res["mean"],
-         "table": {v: {s: {k: x for k, x in sc.items() if not isinstance(x, np.ndarray)} for s, sc in per.items()}
-                   for v, per in res["table"].items()}}, indent=1, default=float) + "\n")
+    print(f"({seconds:.0f} s)")
+    results = Path(a.results) if a.results else Path(a.out) / "results.json"
+    write_results(results, res, command, seconds, base=a.base, data_version=DATA_VERSION)
+    print(f"wrote {results}")
     if a.readme:
-        write_readme_table(a.readme, table + f"\n\nProduced by `{command}` ({time.time() - t0:.0f} s on this machine).")
+        write_readme_table(a.readme, table + f"\n\nProduced by `{command}` ({seconds / 60:.0f} min on this machine; "
+                                             f"results file: `{results}`).")
         print(f"updated {a.readme}")
     return 0
+
+
+def results_dict(res: dict, command: str, seconds: float, base: str | Path, data_version: str) -> dict:
+    """run_ablation's result as plain JSON: the command, versions, config, means, intervals, every cell."""
+    import hashlib
+    import platform
+
+    import gdlib
+    from .checkpoint import load_tensors
+
+    _, meta = load_tensors(base) if Path(base).is_file() else ({}, {})
+    cells = []
+    for seed, runs in res["by_seed"].items():
+        for sid, run in runs.items():
+            for v, r in run.items():
+                cells.append({"set": sid, "style": r["scores"].get("style_name"), "seed": int(seed), "variant": v,
+                              "asked": r["asked"], "seconds": r["seconds"],
+                              "scores": {k: x for k, x in r["scores"].items() if not isinstance(x, np.ndarray)}})
+    return {"command": command, "seconds": round(seconds, 1),
+            "versions": {"gdlib": getattr(gdlib, "__version__", "?"), "toyworld_data_version": data_version,
+                         "base": str(base),
+                         "base_config_sha": hashlib.sha256(str(meta.get("config", "")).encode()).hexdigest()[:16],
+                         "python": platform.python_version()},
+            "config": res["config"], "seeds": res["seeds"], "mean": res["mean"], "compare": res["compare"],
+            "cells": cells}
+
+
+def write_results(path: str | Path, res: dict, command: str, seconds: float, base: str | Path,
+                  data_version: str) -> Path:
+    """results_dict as JSON, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results_dict(res, command, seconds, base, data_version), indent=1, default=float) + "\n")
+    tmp.replace(path)
+    return path
 
 
 README_BEGIN, README_END = "<!-- ablation-table -->", "<!-- /ablation-table -->"
@@ -373,6 +498,7 @@ def style_panel(result: dict, sid: str, variant: str = "all") -> dict:
     rows = [np.concatenate([refs[:n], pad])] + [run[v]["images"] for v in names]
     titles = list(first["ref_objects"][:n]) + [""] * len(pad) + [o for _ in names for o in asked]
     return {"images": np.concatenate(rows), "titles": titles, "nrow": n,
+            "empty": list(range(min(len(refs), n), n)),  # the reference row is shorter than the prompt rows
             "row_labels": ["references"] + [VARIANTS[v].label.split(":")[0] if v in VARIANTS else v for v in names],
             "scores": {v: run[v]["scores"] for v in names}}
 
@@ -382,4 +508,4 @@ def panel_figure(panel: dict, suptitle: str | None = None):
     from . import plot
 
     return plot.image_grid(panel["images"], nrow=panel["nrow"], titles=panel["titles"],
-                           row_labels=panel["row_labels"], suptitle=suptitle)
+                           row_labels=panel["row_labels"], suptitle=suptitle, empty=panel.get("empty", ()))

@@ -216,10 +216,22 @@ def _compile_outside_kernel() -> None:
         jittor_utils.run_cmds = _run_cmds_in_subprocess
 
 
+def _cache_float_limits() -> None:
+    """Compute NumPy's float limits before Jittor loads: its compiled libraries switch the CPU to flush denormals to
+    zero, after which a first np.finfo(...) warns "The value of the smallest subnormal ... is zero" (once per
+    process, on every command). finfo objects are cached, so computing them first keeps the true values and the
+    warning away."""
+    import numpy as np
+
+    for t in (np.float16, np.float32, np.float64, np.longdouble, np.complex64, np.complex128):
+        np.finfo(t)
+
+
 def setup_jittor():
     """Import Jittor with gdlib's settings and return the module."""
     configure()
     _compile_outside_kernel()
+    _cache_float_limits()
     import jittor as jt
     jt.flags.use_cuda = 1 if _STATE["device"] == "cuda" else 0
     return jt

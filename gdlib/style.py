@@ -398,7 +398,8 @@ def main_train_csd(argv: list[str]) -> int:
     p.add_argument("--lam-confusion", type=float, default=0.0, help="weight of the adversarial content-confusion loss")
     p.add_argument("--dim", type=int, default=16,
                    help="embedding size (64 carried the object at 0.39 on held-out styles, 16 at 0.16; chance 0.07)")
-    p.add_argument("--out", default=str(DEFAULT_DIR))
+    p.add_argument("--out", default="runs/csd",
+                   help=f"output folder (default runs/csd; the shipped descriptor lives in {DEFAULT_DIR}: pass it to replace it)")
     a = p.parse_args(argv)
     if a.dim < 2:
         p.error(f"--dim must be at least 2, got {a.dim}")

@@ -40,6 +40,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     cond_drop: float = 0.1
+    caption_mix: bool = True            # captions drawn from toyworld.CAPTION_TEMPLATES (False: the main one only)
     min_snr_gamma: float = 5.0          # 0 disables the Min-SNR weights
     n_per_pair: int = 64
     styles: list[str] | None = None     # None: toyworld.KNOWN_STYLES (never the held-out ones)
@@ -142,7 +143,13 @@ def _load_data(cfg: TrainConfig, model: TextToImage) -> dict:
         raise ValueError(f"pretraining must never see held-out styles; remove {leaked} from styles")
     size = model.config.unet.image_size
     ds = toyworld.make_dataset(styles, objects, cfg.n_per_pair, cfg.data_seed, size=size)
-    ds["ids"] = model.tokenizer.encode(ds["captions"], strict=True)
+    # ids [K, N, L]: image n's caption in each of the K templates; the loop draws a template per sample
+    templates = list(toyworld.CAPTION_TEMPLATES) if cfg.caption_mix else ["style"]
+    pairs = [(toyworld.STYLES[si], toyworld.OBJECTS[oi]) for si, oi in zip(ds["style_idx"], ds["object_idx"])]
+    ds["ids"] = np.stack([model.tokenizer.encode([toyworld.caption(s, o, k) for s, o in pairs], strict=True)
+                          for k in templates])
+    ds["templates"] = templates
+    ds["template_p"] = toyworld.caption_template_probs() if cfg.caption_mix else np.ones(1)
     ds["styles"], ds["objects"], ds["data_version"] = styles, objects, toyworld.DATA_VERSION
     return ds
 
@@ -214,9 +221,11 @@ def train_base(cfg: TrainConfig, progress: bool = True, log: Callable[[str], Non
     t_data = time.time()
     ds = _load_data(cfg, model)
     log(f"data: {len(ds['captions'])} images, {len(ds['styles'])} styles x {len(ds['objects'])} objects, "
-        f"ToyWorld data version {ds['data_version']} ({time.time() - t_data:.0f} s); "
+        f"{len(ds['templates'])} caption templates, ToyWorld data version {ds['data_version']} "
+        f"({time.time() - t_data:.0f} s); "
         f"model: {model.num_parameters():,} parameters")
     images, ids, N = ds["images"], ds["ids"], len(ds["captions"])
+    template_p = ds["template_p"]
     uncond_ids = model.tokenizer.encode([""])[0]
     abar_table = model.schedule.alphas_cumprod
     T = model.config.num_train_timesteps
@@ -236,7 +245,8 @@ def train_base(cfg: TrainConfig, progress: bool = True, log: Callable[[str], Non
         x_t = model.schedule.add_noise(x0, eps, t).astype(np.float32)
         target = training_target(model, x0, eps, t).astype(np.float32)
         drop = rng.random(cfg.batch_size) < cfg.cond_drop
-        ids_b = np.where(drop[:, None], uncond_ids[None, :], ids[idx]).astype(np.int32)
+        k = rng.choice(len(template_p), size=cfg.batch_size, p=template_p)
+        ids_b = np.where(drop[:, None], uncond_ids[None, :], ids[k, idx]).astype(np.int32)
         w = min_snr_weights(abar_table[t], cfg.min_snr_gamma, model.config.prediction_type).astype(np.float32)
         pred = model.unet(jt.array(x_t), jt.array(t.astype(np.float32)), model.text_encoder(ids_b))
         per_sample = ((pred - jt.array(target)) ** 2).mean(dims=(1, 2, 3))
@@ -264,7 +274,7 @@ def train_base(cfg: TrainConfig, progress: bool = True, log: Callable[[str], Non
     save_checkpoint(ckpt, model, ema, opt, state)
     log(f"stopped at step {state['step']} after {state['elapsed'] / 60:.1f} min; checkpoint {ckpt}")
     return {"model": model, "ema": ema, "history": hist, "state": state, "data_version": ds["data_version"],
-            "styles": ds["styles"], "objects": ds["objects"]}
+            "styles": ds["styles"], "objects": ds["objects"], "templates": ds["templates"]}
 
 
 def _grid(ema: TextToImage, ds: dict, path: Path, cfg: TrainConfig, log) -> None:
@@ -299,6 +309,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=d.warmup_steps)
     p.add_argument("--ema", type=float, default=d.ema_decay)
     p.add_argument("--cond-drop", type=float, default=d.cond_drop)
+    p.add_argument("--single-template", action="store_true",
+                   help="caption every image 'a {style} painting of a {object}' only (data version 1's captions)")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip)
     p.add_argument("--min-snr", type=float, default=d.min_snr_gamma)
     p.add_argument("--n-per-pair", type=int, default=d.n_per_pair, help="pre-rendered images per style x object")
@@ -319,6 +331,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-steps", type=int, default=25, help="DDIM steps for the export's accuracy measurement")
     p.add_argument("--guidance", type=float, default=d.guidance_scale, help="CFG scale for samples and measurement")
     p.add_argument("--eval-per-pair", type=int, default=1, help="images per known style x object when measuring")
+    p.add_argument("--eval-templates", default="trained",
+                   help="caption templates measured by --export: 'trained' (every template the run drew) or a comma list")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -342,7 +356,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                       context_dim=a.text_width, attn_resolutions=attn, self_attn_resolutions=self_attn)
     text = TextConfig(width=a.text_width, layers=a.text_layers)
     return TrainConfig(out_dir=a.out, steps=a.steps, minutes=a.minutes, batch_size=a.batch, lr=a.lr,
-                       warmup_steps=a.warmup, ema_decay=a.ema, cond_drop=a.cond_drop, grad_clip=a.grad_clip,
+                       warmup_steps=a.warmup, ema_decay=a.ema, cond_drop=a.cond_drop,
+                       caption_mix=not a.single_template, grad_clip=a.grad_clip,
                        min_snr_gamma=a.min_snr, n_per_pair=a.n_per_pair, seed=a.seed,
                        checkpoint_minutes=a.checkpoint_minutes, sample_every=a.sample_every,
                        guidance_scale=a.guidance, model=ModelConfig(unet=unet, text=text, prediction_type=a.prediction_type))
@@ -358,19 +373,30 @@ def main_train_base(argv: list[str]) -> int:
     res = train_base(cfg, progress=not a.no_progress)
     if a.export:
         t = time.time()
-        acc = measure_accuracy_cli(res["ema"], res["styles"], res["objects"], a.eval_per_pair, a.eval_steps, a.guidance)
+        templates = res["templates"] if a.eval_templates == "trained" else a.eval_templates.split(",")
+        per_template = {}
+        for k in templates:
+            acc = measure_accuracy_cli(res["ema"], res["styles"], res["objects"], a.eval_per_pair, a.eval_steps,
+                                       a.guidance, template=k)
+            per_template[k] = acc
+            sty = "-" if acc["style_accuracy"] is None else f"{acc['style_accuracy']:.3f}"
+            print(f"template {k!r} ({acc['prompt_form']}): {acc['n_images']} prompts, content "
+                  f"{acc['content_accuracy']:.3f}, style {sty}")
+        acc = per_template.get("style") or next(iter(per_template.values()))
         print(f"accuracy over {acc['n_images']} known style x object prompts ({a.eval_steps} DDIM steps, CFG "
-              f"{a.guidance}): content {acc['content_accuracy']:.3f}, style {acc['style_accuracy']:.3f} "
-              f"({time.time() - t:.0f} s)")
+              f"{a.guidance}): content {acc['content_accuracy']:.3f}, style {acc['style_accuracy']} "
+              f"({time.time() - t:.0f} s for {len(per_template)} templates)")
         cfg_dict = asdict(cfg)
         card = {"command": "gdlib train-base " + " ".join(shlex.quote(x) for x in argv),
                 "data": f"ToyWorld data version {res['data_version']}, known styles only: {res['styles']}; "
-                        f"objects: {res['objects']}; {cfg.n_per_pair} images per pair (data seed {cfg.data_seed})",
+                        f"objects: {res['objects']}; {cfg.n_per_pair} images per pair (data seed {cfg.data_seed}); "
+                        f"captions drawn from {len(res['templates'])} templates: {res['templates']}",
                 "steps": res["state"]["step"], "train_minutes": round(res["state"]["elapsed"] / 60, 1),
                 "batch_size": cfg.batch_size, "parameters": res["ema"].num_parameters(),
                 "weights": "EMA (decay %.4f)" % cfg.ema_decay, "prediction_type": cfg.model.prediction_type,
                 "final_loss": round(res["history"]["loss"][-1], 5) if res["history"]["loss"] else None,
                 "metrics": {k: v for k, v in acc.items() if k != "per_style"}, "per_style": acc["per_style"],
+                "per_template": {k: {f: v for f, v in r.items() if f != "per_style"} for k, r in per_template.items()},
                 "train_config": {k: v for k, v in cfg_dict.items() if k != "model"},
                 "model_config": json.loads(cfg.model.to_json()),
                 "backend": f"{runtime.info()['backend']}, python {sys.version.split()[0]}"}
@@ -379,11 +405,11 @@ def main_train_base(argv: list[str]) -> int:
     return 0
 
 
-def measure_accuracy_cli(model, styles, objects, n_per_pair, steps, guidance) -> dict:
+def measure_accuracy_cli(model, styles, objects, n_per_pair, steps, guidance, template: str = "style") -> dict:
     """measure_accuracy with the shipped evaluators (kept separate so train-base runs before they exist)."""
     from .pipeline import measure_accuracy
 
-    return measure_accuracy(model, styles, objects, n_per_pair, steps, guidance, seed=1234)
+    return measure_accuracy(model, styles, objects, n_per_pair, steps, guidance, seed=1234, template=template)
 
 
 from .finetune import StyleConfig, finetune_style  # noqa: E402,F401  few-shot style fine-tuning (gdlib.finetune)

@@ -454,3 +454,16 @@ def test_study_finetune_snapshots_on_a_tiny_text_to_image_model(method):
         assert not norms_moved and res["params"] == adapters.parameter_counts(model.unet)["trainable"]
     with pytest.raises(ValueError, match="method="):
         study.finetune(model, fs["images"], fs["captions"], method="qlora")
+
+
+def test_relative_delta_m_divides_by_the_mean_row_norm():
+    rng = np.random.default_rng(3)
+    w0 = rng.standard_normal((6, 5))
+    wt = w0 * 1.1 + 0.01 * rng.standard_normal((6, 5))
+    dm, dd = adapters.delta_m_delta_d(wt, w0)
+    dm_rel, dd_rel = adapters.delta_m_delta_d(wt, w0, relative=True)
+    assert dd_rel == dd and dm_rel == pytest.approx(dm / np.linalg.norm(w0, axis=1).mean())
+    # scaling a layer (and its update) by 10 changes the absolute dM tenfold, not the relative one
+    dm10, _ = adapters.delta_m_delta_d(10 * wt, 10 * w0)
+    dm10_rel, _ = adapters.delta_m_delta_d(10 * wt, 10 * w0, relative=True)
+    assert dm10 == pytest.approx(10 * dm) and dm10_rel == pytest.approx(dm_rel)

@@ -158,3 +158,19 @@ def test_style_similarity_prefers_the_reference_style():
     assert s_same["style"] == pytest.approx(0.2 * s_same["embedding_similarity"] + 0.4 * s_same["histogram_similarity"]
                                             + 0.4 * (1 - s_same["perceptual_distance"]))
     assert s_same["style"] > s_other["style"]
+
+
+def test_per_image_outcomes_marks_correct_and_leaked_images():
+    class Ev:  # predicts the object whose index is written in the image's first pixel
+        objects = ["apple", "cat", "car", "tree"]
+
+        def predict_content(self, images):
+            return np.asarray(images)[:, 0, 0, 0].astype(int)
+
+    imgs = np.zeros((4, 3, 2, 2), np.float32)
+    imgs[:, 0, 0, 0] = [2, 1, 1, 3]          # car, cat, cat, tree
+    out = M.per_image_outcomes(Ev(), imgs, ["car", "car", "cat", "car"], ref_objects=["cat"])
+    assert out["correct"].tolist() == [True, False, True, False]
+    assert out["leaked"].tolist() == [False, True, False, False]   # asking for the reference object is not leakage
+    with pytest.raises(ValueError, match="zebra"):
+        M.per_image_outcomes(Ev(), imgs, ["zebra"] * 4)

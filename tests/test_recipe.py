@@ -65,14 +65,44 @@ def test_run_style_shares_the_finetune_and_guidance_changes_the_images(challenge
 
 def test_ablation_writes_scoreable_predictions_and_a_table(challenge, base, tmp_path):
     res = recipe.run_ablation(challenge, ["baseline", "guided_dora"], quick(), base, out=tmp_path / "pred",
-                              log=lambda s: None)
+                              log=lambda s: None, seeds=[0, 1])
     assert set(res["table"]) == {"baseline", "guided_dora"} and set(res["runs"]) == {"00", "01"}
+    assert res["seeds"] == [0, 1] and set(res["by_seed"]) == {0, 1}
     for v in ("baseline", "guided_dora"):
-        assert res["mean"][v]["final"] == pytest.approx(np.mean([res["table"][v][s]["final"] for s in ("00", "01")]))
-        preds = imageio.load_predictions(tmp_path / "pred" / v, 16)
-        assert sorted(preds) == ["00", "01"]
+        cells = [res["by_seed"][seed][s][v]["scores"]["final"] for seed in (0, 1) for s in ("00", "01")]
+        assert res["mean"][v]["final"] == pytest.approx(np.mean(cells))
+        assert sorted(imageio.load_predictions(tmp_path / "pred" / v, 16)) == ["00", "01"]
+        assert sorted(imageio.load_predictions(tmp_path / "pred" / "seed1" / v, 16)) == ["00", "01"]
+    # the two seeds are two fine-tunes and two samplings: different images
+    a, b = (res["by_seed"][seed]["00"]["guided_dora"]["images"] for seed in (0, 1))
+    assert np.abs(a - b).max() > 1e-3
+    c = res["compare"]["guided_dora"]["final"]
+    per = res["per_cell"]
+    diffs = [g - bl for s in ("00", "01") for g, bl in zip(per["guided_dora"]["final"][s], per["baseline"]["final"][s])]
+    assert c["diff"] == pytest.approx(np.mean(diffs)) and c["lo"] <= c["diff"] <= c["hi"] and c["n_cells"] == 4
     md = recipe.ablation_markdown(res)
-    assert md.count("\n| ") == 3 and "challenge baseline" in md and f"{res['mean']['guided_dora']['final']:.3f}" in md
+    main_table = md.split("\n\n")[0]
+    assert main_table.count("\n| ") == 3 and "challenge baseline" in md
+    assert f"{res['mean']['guided_dora']['final']:.3f}" in main_table
+    assert "ΔFinal vs baseline [95% CI]" in md and recipe.format_interval(c) in main_table and "(reference)" in md
+    steps = recipe.ingredient_steps(res)
+    assert list(steps) == ["Guided DoRA vs the baseline"] and steps["Guided DoRA vs the baseline"]["final"] == c
+    assert f"| Guided DoRA vs the baseline | {recipe.format_interval(steps['Guided DoRA vs the baseline']['style'])} |" in md
+    out = recipe.write_results(tmp_path / "r" / "results.json", res, "gdlib ablation --x", 1.0, base, "2")
+    js = json.loads(out.read_text())
+    assert js["command"] == "gdlib ablation --x" and js["seeds"] == [0, 1] and len(js["cells"]) == 8
+    assert js["compare"]["guided_dora"]["final"]["diff"] == pytest.approx(c["diff"])
+    assert {(x["set"], x["seed"], x["variant"]) for x in js["cells"]} == \
+        {(s, seed, v) for s in ("00", "01") for seed in (0, 1) for v in ("baseline", "guided_dora")}
+
+
+def test_a_shared_finetune_cache_skips_the_second_finetune(challenge, base):
+    cache = {}
+    first = recipe.run_style(challenge / "00", ["dora"], quick(), base, log=lambda s: None, finetune_cache=cache)
+    again = recipe.run_style(challenge / "00", ["dora_rb"], quick(), base, log=lambda s: None, finetune_cache=cache)
+    assert len(cache) == 1 and again["dora_rb"]["info"] is first["dora"]["info"]
+    other = recipe.run_style(challenge / "00", ["dora"], quick(seed=1), base, log=lambda s: None, finetune_cache=cache)
+    assert len(cache) == 2 and other["dora"]["info"] is not first["dora"]["info"]
 
 
 def test_write_readme_table(tmp_path):
@@ -120,6 +150,7 @@ def test_style_panel_and_its_widget(challenge, base):
     panel = recipe.style_panel(res, "01")
     n = len(res["runs"]["01"]["baseline"]["asked"])
     assert panel["images"].shape == (3 * n, 3, 16, 16) and panel["nrow"] == n and len(panel["titles"]) == 3 * n
+    assert panel["empty"] == list(range(3, n))      # the reference row shows only the 3 real references
     assert np.array_equal(panel["images"][2 * n:], res["runs"]["01"]["guided_dora"]["images"])
     with pytest.raises(ValueError, match="unknown style set"):
         recipe.style_panel(res, "07")

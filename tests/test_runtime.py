@@ -147,3 +147,14 @@ def test_jittor_imports_through_the_subprocess_compile_step_in_a_kernel():
     r = _run(code)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "6"
+
+
+def test_no_smallest_subnormal_warning_after_jittor_loads():
+    import subprocess
+    import sys
+
+    code = ("from gdlib import runtime; jt = runtime.setup_jittor(); import numpy as np; "
+            "(jt.ones(3) * 2).sync(); print(np.finfo(np.float64).smallest_subnormal)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "smallest subnormal" not in out.stderr and float(out.stdout.split()[-1]) > 0

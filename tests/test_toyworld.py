@@ -30,7 +30,32 @@ def test_caption_and_vocabulary():
     for s in tw.STYLES:
         for o in tw.OBJECTS:
             assert set(tw.caption(s, o).split()) <= vocab
-    assert vocab == {"a", "painting", "of"} | set(tw.STYLES) | set(tw.OBJECTS)
+    assert vocab == {"a", "painting", "of", "style"} | set(tw.CATEGORIES) | set(tw.STYLES) | set(tw.OBJECTS)
+
+
+def test_caption_templates_cover_the_recipes_prompts_and_split_the_held_out_styles():
+    from gdlib import prompts as P
+
+    vocab = set(tw.vocabulary())
+    for k in tw.CAPTION_TEMPLATES:
+        for s in tw.KNOWN_STYLES:
+            words = tw.caption(s, "cat", k).replace(",", " ").split()
+            assert set(words) <= vocab, (k, words)
+            assert (s in words) == tw.template_has_style(k)
+    assert tw.caption("pixel", "cat", "category") == "animal painting of cat"
+    assert tw.caption("pixel", "cat", "tag") == "cat, pixel style"
+    # every inference / class prompt form of gdlib.prompts (without a new identifier) is a template the base reads
+    forms = {t.format(style="pixel", object="cat", category="animal") for t in tw.CAPTION_TEMPLATES.values()}
+    assert P.class_prompt("cat") in forms
+    assert P.inference_prompt("decoupled", "cat") in forms
+    assert P.train_caption("decoupled", "cat", None, ["animal"]) in forms
+    p = tw.caption_template_probs()
+    assert p.shape == (len(tw.CAPTION_TEMPLATES),) and abs(p.sum() - 1) < 1e-12 and (p > 0).all()
+    with pytest.raises(ValueError, match="unknown caption template"):
+        tw.caption("pixel", "cat", "nope")
+    assert len(tw.VALIDATION_STYLES) >= 4 and len(tw.TEST_STYLES) >= 4
+    assert set(tw.VALIDATION_STYLES).isdisjoint(tw.TEST_STYLES)
+    assert tw.HELDOUT_STYLES == tw.VALIDATION_STYLES + tw.TEST_STYLES
 
 
 def test_render_is_deterministic_and_seed_dependent():

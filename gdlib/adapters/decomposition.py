@@ -22,8 +22,9 @@ def magnitude_direction(weight) -> tuple[np.ndarray, np.ndarray]:
     return m, w / m.reshape([-1] + [1] * (w.ndim - 1))
 
 
-def delta_m_delta_d(weight_t, weight_0) -> tuple[float, float]:
-    """dM = mean_n | ||W_t,n|| - ||W0_n|| |, dD = mean_n (1 - cos(W_t,n, W0_n)) (Eq. 7 of Liu et al. 2024)."""
+def delta_m_delta_d(weight_t, weight_0, relative: bool = False) -> tuple[float, float]:
+    """dM = mean_n | ||W_t,n|| - ||W0_n|| |, dD = mean_n (1 - cos(W_t,n, W0_n)) (Eq. 7 of Liu et al. 2024);
+    relative=True divides dM by mean_n ||W0_n||, so layers of different scale can share one fitted line."""
     wt, w0 = _np(weight_t), _np(weight_0)
     if wt.shape != w0.shape:
         raise ValueError(f"delta_m_delta_d(): shapes differ: {wt.shape} vs {w0.shape}")
@@ -31,7 +32,8 @@ def delta_m_delta_d(weight_t, weight_0) -> tuple[float, float]:
     m0, v0 = magnitude_direction(w0)
     k = wt.shape[0]
     cos = (vt.reshape(k, -1) * v0.reshape(k, -1)).sum(1)
-    return float(np.abs(mt - m0).mean()), float((1.0 - cos).mean())
+    dm = float(np.abs(mt - m0).mean())
+    return (dm / float(m0.mean()) if relative else dm), float((1.0 - cos).mean())
 
 
 def fit_slope(delta_d: Iterable[float], delta_m: Iterable[float]) -> tuple[float, float]:
@@ -65,17 +67,19 @@ def layer_weights(model, names: Iterable[str] | None = None) -> dict[str, np.nda
     return out
 
 
-def dm_dd_points(snapshots: dict[int, dict[str, np.ndarray]], weights_0: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def dm_dd_points(snapshots: dict[int, dict[str, np.ndarray]], weights_0: dict[str, np.ndarray],
+                 relative: bool = False) -> dict[str, np.ndarray]:
     """The paper's scatter data: one (step, layer, dM, dD) row per checkpoint and layer, as column arrays.
 
-    snapshots: {step: {layer: W_t}} (e.g. layer_weights(model) at each checkpoint); weights_0: {layer: W0}.
+    snapshots: {step: {layer: W_t}} (e.g. layer_weights(model) at each checkpoint); weights_0: {layer: W0};
+    relative: dM as a fraction of the layer's mean row norm (delta_m_delta_d).
     """
     steps, layers, dms, dds = [], [], [], []
     for step in sorted(snapshots):
         for name in sorted(snapshots[step]):
             if name not in weights_0:
                 raise ValueError(f"dm_dd_points(): no pretrained weight for layer {name!r}")
-            dm, dd = delta_m_delta_d(snapshots[step][name], weights_0[name])
+            dm, dd = delta_m_delta_d(snapshots[step][name], weights_0[name], relative)
             steps.append(step)
             layers.append(name)
             dms.append(dm)

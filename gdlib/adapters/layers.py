@@ -1,4 +1,4 @@
-"""Adapted Linear and Conv2d layers: LoRA (Hu et al. 2021), DoRA (Liu et al. 2024) and the seed team's variant.
+"""Adapted Linear and Conv2d layers: LoRA (Hu et al. 2021), DoRA (Liu et al. 2024) and the variant of the Guided DoRA challenge entry (Jittor AI Challenge 2024).
 
 Contract of every adapted layer: `.base` (the wrapped, frozen layer), `.lora_A` [r, in] (conv [r, in, kh, kw]),
 `.lora_B` [out, r] (conv [out, r, 1, 1]), `.magnitude` ([out] for DoRA, [in] for the seed variant, None for LoRA),
@@ -70,7 +70,7 @@ class AdapterLayer(nn.Module):
         self.magnitude = None
         if kind == "dora":  # m = ||W0|| per output unit, so W' = W0 at step 0
             self.magnitude = jt.array(np.linalg.norm(w0.reshape(w0.shape[0], -1), axis=1).astype(np.float32))
-        elif kind == "seed_dora":  # the seed team's: per INPUT column of the frozen W0
+        elif kind == "seed_dora":  # the challenge entry's: per INPUT column of the frozen W0
             self.magnitude = jt.array(self._column_norm_np(w0))
         for p in base.parameters():
             p.stop_grad()

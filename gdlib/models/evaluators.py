@@ -284,7 +284,8 @@ def main(argv: list[str]) -> int:
     import shlex
 
     p = argparse.ArgumentParser(prog="gdlib train-evaluators", description=main.__doc__)
-    p.add_argument("--out", default=str(DEFAULT_DIR), help="output folder (default: the shipped data/evaluators)")
+    p.add_argument("--out", default="runs/evaluators",
+                   help=f"output folder (default runs/evaluators; the shipped ones live in {DEFAULT_DIR}: pass it to replace them)")
     p.add_argument("--seed", type=int, default=0, help="training data / init seed")
     p.add_argument("--eval-seed", type=int, default=1000, help="fresh seed for the reported accuracies")
     p.add_argument("--n-per-pair", type=int, default=24, help="training images per (style, object) pair")

@@ -3,8 +3,12 @@
 An image is `render(obj, style, seed)`: the seed fixes the object's pose, size and colour variant
 (shared by every style, so one seed shows the same object instance in all styles) and the style's own
 randomness (background choice, texture noise). Captions read "a {style} painting of a {object}".
+Like a real text-to-image training set, an image's caption is drawn from several templates (with and without
+the style word, with the object's category word, short forms): `CAPTION_TEMPLATES`.
 Known styles are used for the base model's pretraining; held-out styles are only ever seen as
-few-shot sets, whose images share one semantic category so that content leakage is measurable.
+few-shot sets, whose images share one semantic category so that content leakage is measurable. Held-out styles
+are split: *validation* styles, the only ones any choice of defaults may look at, and *test* styles, used only
+for reported numbers.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import numpy as np
 from .shapes import OBJECT_SPECS
 from .styles import STYLE_FNS
 
-DATA_VERSION = "1"  # bump when any drawing or style changes: trained models record it
+DATA_VERSION = "2"  # bump when any drawing or style changes: trained models record it
 
 CATEGORIES: dict[str, list[str]] = {
     "fruit": ["apple", "banana", "cherry"],
@@ -28,26 +32,58 @@ OBJECTS: list[str] = [o for objs in CATEGORIES.values() for o in objs]
 CATEGORY_OF: dict[str, str] = {o: c for c, objs in CATEGORIES.items() for o in objs}
 KNOWN_STYLES: list[str] = ["flat", "ink", "pixel", "paper", "neon", "sketch",
                            "night", "dots", "pop", "chalk", "sunset", "sepia"]
-HELDOUT_STYLES: list[str] = ["watercolor", "mosaic", "blueprint", "stripes"]
+# data version 1 had the four validation styles only; the course tuned its defaults on them, so they stay validation
+VALIDATION_STYLES: list[str] = ["watercolor", "mosaic", "blueprint", "stripes"]
+TEST_STYLES: list[str] = ["stitch", "glitch", "thermal", "emboss"]
+HELDOUT_STYLES: list[str] = VALIDATION_STYLES + TEST_STYLES
 STYLES: list[str] = KNOWN_STYLES + HELDOUT_STYLES
-CAPTION_TEMPLATE = "a {style} painting of a {object}"
+CAPTION_TEMPLATE = "a {style} painting of a {object}"  # the main template ("style" below)
+# every prompt the recipe uses at inference is one of these forms (prompts.py), so the base has read it
+CAPTION_TEMPLATES: dict[str, str] = {
+    "style": CAPTION_TEMPLATE,
+    "styleless": "a painting of a {object}",               # DreamBooth's class prompt
+    "short": "painting of {object}",                       # the decoupled inference prompt
+    "style_short": "{style} painting of {object}",
+    "category": "{category} painting of {object}",         # a decoupled training caption
+    "style_category": "{style} {category} painting of {object}",
+    "tag": "{object}, {style} style",
+}
+# how often pretraining draws each template (normalised in caption_template_probs)
+TEMPLATE_WEIGHTS: dict[str, float] = {"style": 0.3, "styleless": 0.15, "short": 0.1, "style_short": 0.1,
+                                      "category": 0.1, "style_category": 0.1, "tag": 0.15}
 DEFAULT_SIZE = 32
 _SUPERSAMPLE = 4
 
 assert set(OBJECTS) == set(OBJECT_SPECS) and set(STYLES) == set(STYLE_FNS)
 
 
-def caption(style: str, obj: str) -> str:
-    """The ToyWorld caption of one image, e.g. 'a pixel painting of a cat'."""
+def caption(style: str, obj: str, template: str = "style") -> str:
+    """A ToyWorld caption of one image, e.g. 'a pixel painting of a cat' (template: a CAPTION_TEMPLATES key)."""
     _check_style(style)
     _check_object(obj)
-    return CAPTION_TEMPLATE.format(style=style, object=obj)
+    if template not in CAPTION_TEMPLATES:
+        raise ValueError(f"unknown caption template {template!r}; choose from {list(CAPTION_TEMPLATES)}")
+    return CAPTION_TEMPLATES[template].format(style=style, object=obj, category=CATEGORY_OF[obj])
+
+
+def caption_template_probs() -> np.ndarray:
+    """Sampling probabilities of the CAPTION_TEMPLATES (in their order) for pretraining captions."""
+    w = np.array([TEMPLATE_WEIGHTS[k] for k in CAPTION_TEMPLATES], np.float64)
+    return w / w.sum()
+
+
+def template_has_style(template: str) -> bool:
+    """Whether a caption template names the style (style accuracy is only defined for those)."""
+    return "{style}" in CAPTION_TEMPLATES[template]
 
 
 def vocabulary() -> list[str]:
-    """Every word that can appear in a ToyWorld caption (template words, styles, objects), sorted."""
-    words = set(CAPTION_TEMPLATE.replace("{style}", "").replace("{object}", "").split())
-    return sorted(words | set(STYLES) | set(OBJECTS))
+    """Every word that can appear in a ToyWorld caption (template words, categories, styles, objects), sorted."""
+    words = set()
+    for t in CAPTION_TEMPLATES.values():
+        words |= set(t.replace("{style}", " ").replace("{object}", " ").replace("{category}", " ")
+                     .replace(",", " ").split())
+    return sorted(words | set(CATEGORIES) | set(STYLES) | set(OBJECTS))
 
 
 def _check_style(style: str) -> None:

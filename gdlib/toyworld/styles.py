@@ -305,8 +305,69 @@ def stripes(cov, colors, rng):
     return img * (1 - 0.6 * inner_line(m)[..., None])
 
 
+def stitch(cov, colors, rng):
+    """Cross-stitch embroidery: coloured x-shaped stitches on a woven linen ground, a back-stitched contour."""
+    size = cov.shape[1]
+    y, x = _grid(size)
+    weave = 0.04 * (((x % 2) ^ (y % 2)).astype(float) - 0.5)
+    linen = np.array([0.86, 0.82, 0.72]) + weave[..., None] + 0.02 * (rng.random((size, size, 1)) - 0.5)
+    c = 3
+    oy, ox = rng.integers(c, size=2)
+    u, v = (x + ox) % c, (y + oy) % c
+    cross = (u == v) | (u == c - 1 - v)
+    m = _clip(cov.sum(0), 0, 1)
+    thread = _saturate(colors)[cov.argmax(0)] * 0.85
+    on = cross & (m > 0.4)
+    img = np.where(on[..., None], thread, linen)
+    back = inner_line(m) > 0.5
+    return np.where(back[..., None] & ~on[..., None], np.array([0.25, 0.15, 0.12]), img)
+
+
+def glitch(cov, colors, rng):
+    """Digital glitch: red and cyan channels torn apart, shifted scanline bands, on a dark screen."""
+    size = cov.shape[1]
+    y, _ = _grid(size)
+    obj, m = _fill(cov, 0.5 * colors + 0.5)
+    img = _over(_solid(size, [0.08, 0.08, 0.1]), obj, m)
+    k = max(1, size // 16)
+    out = img.copy()
+    out[..., 0] = np.roll(img[..., 0], 2 * k, axis=1)
+    out[..., 2] = np.roll(img[..., 2], -k, axis=1)
+    band_h = max(2, size // 8)
+    for b in range(0, size, band_h):
+        if rng.random() < 0.4:
+            out[b:b + band_h] = np.roll(out[b:b + band_h], int(rng.integers(-3 * k, 3 * k + 1)), axis=1)
+    scan = (y % 2 == 0)[..., None]
+    return np.where(scan, out * 0.75, out)
+
+
+def thermal(cov, colors, rng):
+    """Thermal camera: a false-colour heat map (blue-purple-orange-yellow), warm object on a cold scene."""
+    size = cov.shape[1]
+    m = _clip(cov.sum(0), 0, 1)
+    heat = 0.25 + 0.6 * blur(m, 2) + 0.25 * blur(cov[1] + 0.5 * cov[2], 1) * m
+    heat = _clip(heat + 0.12 * (smooth_noise(rng, size, 4) - 0.5), 0, 1)
+    stops = np.array([[0.02, 0.0, 0.25], [0.45, 0.0, 0.55], [0.9, 0.25, 0.1], [1.0, 0.75, 0.05], [1.0, 1.0, 0.8]])
+    pos = heat * (len(stops) - 1)
+    i = np.minimum(pos.astype(int), len(stops) - 2)
+    f = (pos - i)[..., None]
+    return stops[i] * (1 - f) + stops[i + 1] * f
+
+
+def emboss(cov, colors, rng):
+    """Embossed relief: a grey metal plate, the object raised and lit from the upper left (no colour)."""
+    size = cov.shape[1]
+    h = blur(_clip(cov.sum(0), 0, 1) + 0.5 * cov[1] + 0.3 * cov[2], 1)
+    p = np.pad(h, 1, mode="edge")
+    light = (p[:-2, 1:-1] - p[2:, 1:-1]) + (p[1:-1, :-2] - p[1:-1, 2:])
+    base = 0.55 + 0.04 * rng.random() + 0.02 * (rng.random((size, size)) - 0.5)
+    g = _clip(base + 0.12 * h + 0.45 * light, 0, 1)
+    return g[..., None] * np.array([1.0, 0.98, 0.95])
+
+
 STYLE_FNS: dict[str, StyleFn] = {
     "flat": flat, "ink": ink, "pixel": pixel, "paper": paper, "neon": neon, "sketch": sketch,
     "night": night, "dots": dots, "pop": pop, "chalk": chalk, "sunset": sunset, "sepia": sepia,
     "watercolor": watercolor, "mosaic": mosaic, "blueprint": blueprint, "stripes": stripes,
+    "stitch": stitch, "glitch": glitch, "thermal": thermal, "emboss": emboss,
 }
