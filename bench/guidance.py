@@ -1,6 +1,6 @@
 """Guided (RB-Modulation, num_iter 3) vs unguided sampling: time and peak memory, as ratios from one run.
 
-    nice -n 10 .venv/bin/python bench/guidance.py [--checkpoint data/base/base.safetensors] [--n 4] [--steps 10]
+    nice -n 10 .venv/bin/python bench/guidance.py [--checkpoint gdlib/data/base/base.safetensors] [--n 4] [--steps 10]
 
 Time: the variants run interleaved (unguided, guided, guided+AFA) for --repeats rounds after one warm-up
 round (Jittor compiles each new op shape once), each round ending in jt.sync_all(); the median per variant is

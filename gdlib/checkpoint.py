@@ -40,11 +40,19 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[s
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the .safetensors file inside it")
     if path.suffix != ".safetensors":
         raise ValueError(f"load_tensors: expected a .safetensors file, got {path.name!r} (pickles are not loaded)")
-    with safe_open(str(path), framework="numpy") as f:
-        meta = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own SafetensorError (not a ValueError) for a damaged file
+        if isinstance(err, (MemoryError, KeyboardInterrupt)):
+            raise
+        raise ValueError(f"{path} is not a readable safetensors file ({' '.join(str(err).split())}); it may be "
+                         "truncated or corrupt: export or copy it again") from err
     return tensors, meta
 
 

@@ -34,23 +34,34 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `gdlib` console script."""
+    """Entry point of the `gdlib` console script. Bad input ends any subcommand with one line on stderr and exit
+    code 2 (gdlib.cliutil); a bug still shows its traceback."""
+    from .cliutil import fail, is_input_error
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+        print(f"gdlib {__version__}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"gdlib: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        return fail("gdlib", f"unknown command {name!r}; the commands are: {', '.join(sorted(COMMANDS))} "
+                             "(`gdlib --help` lists them)")
     target, _ = COMMANDS[name]
     module, func = target.split(":")
-    fn = getattr(importlib.import_module(module), func)
     try:
+        fn = getattr(importlib.import_module(module), func)
         return int(fn(rest) or 0)
     except KeyboardInterrupt:
         print("\ngdlib: interrupted (checkpoints written so far are kept; rerun to resume)", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the policy: bad input is one line, a bug keeps its traceback
+        if is_input_error(err):
+            return fail(f"gdlib {name}", err)
+        raise
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from .cliutil import Parser  # noqa: E402
 from . import runtime
 
 
@@ -42,7 +43,7 @@ def check_conv() -> dict[str, float]:
 
 def main(argv: list[str]) -> int:
     """Print the runtime report and run the conv check; exit 1 if something is wrong."""
-    argparse.ArgumentParser(prog="gdlib doctor", description=__doc__).parse_args(argv)
+    Parser(prog="gdlib doctor", description=__doc__).parse_args(argv)
     print("gdlib doctor")
     try:
         rep = runtime.info()

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .cliutil import Parser, fail  # noqa: E402
 from . import prompts as P
 from . import runtime
 
@@ -33,7 +34,7 @@ from .pipeline import DEFAULT_BASE, DEFAULT_GUIDANCE, TextToImage  # noqa: E402
 ADAPTER_KINDS = ("lora", "dora", "full")
 # where a style adapter sits: the attention projections AND the residual blocks' 3x3 convolutions. Attention alone
 # (peft's usual choice, adapters.DEFAULT_TARGETS) learns little style on this UNet (notebook 03 measures both
-# placements); `gdlib sweep` compares them on the validation styles (data/sweep/README.md).
+# placements); `gdlib sweep` compares them on the validation styles (gdlib/data/sweep/README.md).
 STYLE_TARGETS = tuple(DEFAULT_TARGETS) + ("conv1", "conv2")
 STYLE_KEY = "gdlib_style"
 
@@ -103,7 +104,7 @@ def load_base(path: str | os.PathLike = DEFAULT_BASE) -> TextToImage:
     """The base model from an exported file (TextToImage.save) or a train-base checkpoint (its EMA weights)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"base model {path} not found; export one with `gdlib train-base --export data/base` "
+        raise FileNotFoundError(f"base model {path} not found; export one with `gdlib train-base --export gdlib/data/base` "
                                 "or pass --base runs/base/ckpt.safetensors")
     tensors, meta = load_tensors(path)
     prefix = "ema." if any(k.startswith("ema.") for k in tensors) else ""
@@ -477,7 +478,7 @@ def score_style(model: TextToImage, info: dict, ref_images: np.ndarray, objects:
 # --------------------------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
     d = StyleConfig()
-    p = argparse.ArgumentParser(prog="gdlib train-style", description=(
+    p = Parser(prog="gdlib train-style", description=(
         "Fine-tune the base model on one style folder (STYLE_DIR/images/{object}.png). Rerun the same command "
         "to resume from OUT's checkpoint (OUT without .safetensors + .ckpt.safetensors)."))
     p.add_argument("style_dir", help="challenge style folder, e.g. toy_challenge/00")
@@ -520,8 +521,7 @@ def main_train_style(argv: list[str]) -> int:
     try:
         res = finetune_style(a.style_dir, a.out, cfg, base=a.base, cache_dir=a.cache_dir, progress=not a.no_progress)
     except (ValueError, FileNotFoundError) as err:
-        print(f"gdlib train-style: error: {err}")
-        return 2
+        return fail("gdlib train-style", err)
     info = res["info"]
     import shlex
     import sys

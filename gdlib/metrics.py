@@ -25,6 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .cliutil import Parser, fail
+
 FD_SCALE = 100.0  # Frechet distance units: unit-norm style features, squared distances x 100
 STYLE_W, TEXT_W = (0.2, 0.4, 0.4), 0.5
 FID_W, IQA_W, FID_CAP = 0.4, 0.1, 20.0
@@ -212,11 +214,11 @@ def main(argv: list[str]) -> int:
     """`gdlib score`: score predictions against references (challenge layouts) and print a per-style table."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="gdlib score", description=main.__doc__)
+    p = Parser(prog="gdlib score", description=main.__doc__)
     p.add_argument("--pred", required=True, help="predictions: {pred}/NN/{prompt}.png")
     p.add_argument("--ref", required=True, help="references: {ref}/NN/images/{object}.png + prompt.json")
     p.add_argument("--json", default=None, help="also write all metrics to this JSON file")
-    p.add_argument("--evaluators", default=None, help="evaluator folder (default: the shipped data/evaluators)")
+    p.add_argument("--evaluators", default=None, help="evaluator folder (default: the shipped gdlib/data/evaluators)")
     a = p.parse_args(argv)
     try:
         ev = None
@@ -225,8 +227,7 @@ def main(argv: list[str]) -> int:
             ev = load_evaluators(a.evaluators)
         result = score_challenge(a.pred, a.ref, ev)
     except (ValueError, FileNotFoundError) as err:
-        print(f"gdlib score: error: {err}")
-        return 2
+        return fail("gdlib score", err)
     print(format_table(result))
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=1) + "\n")

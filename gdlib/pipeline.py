@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .cliutil import Parser  # noqa: E402
 from . import runtime
 
 jt = runtime.setup_jittor()
@@ -20,13 +21,13 @@ from .models.text import TextEncoder, Tokenizer  # noqa: E402
 from .models.unet import UNet, count_parameters  # noqa: E402
 from .schedules import NoiseSchedule  # noqa: E402
 
-# Classifier-free guidance scale used by default: the best of a sweep on the shipped base model (data/base model
+# Classifier-free guidance scale used by default: the best of a sweep on the shipped base model (gdlib/data/base model
 # card; notebook 02 re-measures it). This small model degrades at the usual 4-7.5 (colours saturate and clip).
 DEFAULT_GUIDANCE = 1.5
 
 # the shipped base checkpoint; GDLIB_BASE_CHECKPOINT points elsewhere (e.g. a run's exported weights)
 DEFAULT_BASE = Path(os.environ.get("GDLIB_BASE_CHECKPOINT") or
-                    Path(__file__).resolve().parent.parent / "data" / "base" / "base.safetensors")
+                    Path(__file__).resolve().parent / "data" / "base" / "base.safetensors")
 
 
 class TextToImage:
@@ -199,7 +200,7 @@ def main_sample(argv: list[str]) -> int:
     """`gdlib sample`: prompts -> PNG grid (and optional per-image PNGs) with the base model."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="gdlib sample", description="Generate images with CFG + DDIM.")
+    p = Parser(prog="gdlib sample", description="Generate images with CFG + DDIM.")
     p.add_argument("prompts", nargs="+", help='e.g. "a pixel painting of a cat"')
     p.add_argument("--checkpoint", default=str(DEFAULT_BASE), help="a .safetensors written by TextToImage.save")
     p.add_argument("--steps", type=int, default=25)

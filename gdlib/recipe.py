@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .cliutil import Parser, fail  # noqa: E402
 from . import runtime
 
 jt = runtime.setup_jittor()
@@ -291,7 +292,7 @@ def main_generate(argv: list[str]) -> int:
     from . import imageio
     from .finetune import load_style
 
-    p = argparse.ArgumentParser(prog="gdlib generate", description=main_generate.__doc__)
+    p = Parser(prog="gdlib generate", description=main_generate.__doc__)
     p.add_argument("style_dir", help="challenge style folder: NN/images/{object}.png and NN/prompt.json")
     p.add_argument("--out", required=True, help="predictions root; images go to OUT/NN/{prompt}.png")
     p.add_argument("--adapter", default=None, help="style file from `gdlib train-style` (default: base model only)")
@@ -315,8 +316,7 @@ def main_generate(argv: list[str]) -> int:
         images = generate_predictions(model, info, objects, cfg, None if a.no_guidance else ds["images"])
         paths = imageio.save_images(Path(a.out) / Path(a.style_dir).name, images, objects)
     except (ValueError, FileNotFoundError) as err:
-        print(f"gdlib generate: error: {err}")
-        return 2
+        return fail("gdlib generate", err)
     print(f"wrote {len(paths)} images to {paths[0].parent} ({time.time() - t0:.0f} s; "
           f"{'plain sampling' if a.no_guidance else 'RB-Modulation toward ' + str(len(ds['images'])) + ' references'}); "
           f"prompt form: {style_prompt(info, '{object}')!r}")
@@ -335,7 +335,7 @@ def main_ablation(argv: list[str]) -> int:
     from .toyworld import DATA_VERSION, HELDOUT_STYLES, TEST_STYLES
     from .toyworld.export import export_challenge
 
-    p = argparse.ArgumentParser(prog="gdlib ablation", description=main_ablation.__doc__)
+    p = Parser(prog="gdlib ablation", description=main_ablation.__doc__)
     p.add_argument("--styles", default=",".join(TEST_STYLES),
                    help=f"held-out ToyWorld styles to export and use (default: the test styles; all: {HELDOUT_STYLES})")
     p.add_argument("--challenge", default=None, help="use this challenge folder instead of exporting ToyWorld styles")
@@ -362,8 +362,7 @@ def main_ablation(argv: list[str]) -> int:
         t0 = time.time()
         res = run_ablation(root, a.variants, cfg, a.base, out=Path(a.out) / "predictions", seeds=seeds)
     except (ValueError, FileNotFoundError) as err:
-        print(f"gdlib ablation: error: {err}", file=sys.stderr)
-        return 2
+        return fail("gdlib ablation", err)
     seconds = time.time() - t0
     table = ablation_markdown(res)
     command = "gdlib ablation " + " ".join(shlex.quote(x) for x in argv)
@@ -402,6 +401,22 @@ def results_dict(res: dict, command: str, seconds: float, base: str | Path, data
                          "python": platform.python_version()},
             "config": res["config"], "seeds": res["seeds"], "mean": res["mean"], "compare": res["compare"],
             "cells": cells}
+
+
+def load_results(path: str | Path) -> dict:
+    """A results JSON of `gdlib ablation` back as a dict with `per_cell` ({variant: {metric: {set: [per seed]}}}),
+    so ingredient_steps / variant_table work on it as on a live run."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no ablation results at {path}; write them with `gdlib ablation --results {path}`")
+    js = json.loads(path.read_text())
+    seeds = [int(x) for x in js["seeds"]]
+    per: dict[str, dict] = {}
+    for c in sorted(js["cells"], key=lambda c: (c["variant"], c["set"], seeds.index(int(c["seed"])))):
+        for k in METRICS:
+            per.setdefault(c["variant"], {}).setdefault(k, {}).setdefault(c["set"], []).append(float(c["scores"][k]))
+    js["per_cell"] = per
+    return js
 
 
 def write_results(path: str | Path, res: dict, command: str, seconds: float, base: str | Path,
@@ -443,7 +458,7 @@ def main_demo(argv: list[str]) -> int:
     from .toyworld import HELDOUT_STYLES
     from .toyworld.export import export_challenge
 
-    p = argparse.ArgumentParser(prog="gdlib demo", description=main_demo.__doc__)
+    p = Parser(prog="gdlib demo", description=main_demo.__doc__)
     p.add_argument("--style", default="watercolor", choices=list(HELDOUT_STYLES), help="held-out ToyWorld style")
     p.add_argument("--out", default="outputs", help="folder for demo.png, demo_scores.md and the predictions")
     p.add_argument("--data-seed", type=int, default=0)
@@ -455,15 +470,14 @@ def main_demo(argv: list[str]) -> int:
     try:
         cfg = _cfg_from(a)
         if not Path(a.base).is_file():
-            raise FileNotFoundError(f"base model {a.base} not found (it ships in data/base; or pass --base)")
+            raise FileNotFoundError(f"base model {a.base} not found (it ships in gdlib/data/base; or pass --base)")
         export_challenge(out / "demo_data", styles=[a.style], seed=a.data_seed)
         style_dir = out / "demo_data" / "00"
         print(f"[1/3] few-shot set: {style_dir} ({a.style}); fine-tuning DoRA with decoupled prompts, "
               f"{cfg.steps} steps")
         runs = run_style(style_dir, ["dora_decoupled", "guided_dora"], cfg, a.base, progress=not a.no_progress)
     except (ValueError, FileNotFoundError) as err:
-        print(f"gdlib demo: error: {err}")
-        return 2
+        return fail("gdlib demo", err)
     print("[2/3] generated both ways; [3/3] writing the figure and the scores")
     from .imageio import save_images
 

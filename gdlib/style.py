@@ -20,12 +20,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .cliutil import Parser  # noqa: E402
 from . import runtime
 
 jt = runtime.setup_jittor()
 from jittor import nn  # noqa: E402
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "style"
+DEFAULT_DIR = Path(__file__).resolve().parent / "data" / "style"  # inside the package: wheels carry it
 CSD_FILE = "csd.safetensors"
 DESCRIPTORS = ("gram", "csd")
 
@@ -390,7 +391,7 @@ def main_train_csd(argv: list[str]) -> int:
     import argparse
     import sys
 
-    p = argparse.ArgumentParser(prog="gdlib train-csd", description="Train the learned ToyWorld style descriptor.")
+    p = Parser(prog="gdlib train-csd", description="Train the learned ToyWorld style descriptor.")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--max-seconds", type=float, default=300.0)
     p.add_argument("--seed", type=int, default=0)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .cliutil import Parser, fail  # noqa: E402
 from .stats import format_interval, paired_difference
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out")
@@ -154,7 +155,7 @@ def main(argv: list[str]) -> int:
     from .toyworld import TEST_STYLES, VALIDATION_STYLES
     from .toyworld.export import export_challenge
 
-    p = argparse.ArgumentParser(prog="gdlib sweep", description=main.__doc__)
+    p = Parser(prog="gdlib sweep", description=main.__doc__)
     p.add_argument("--styles", default=",".join(VALIDATION_STYLES), help="validation styles (never the test styles)")
     p.add_argument("--seeds", default="0", help="fine-tune + sampling seeds, comma list")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the ToyWorld export")
@@ -174,8 +175,7 @@ def main(argv: list[str]) -> int:
         t0 = time.time()
         result = coordinate_sweep(SPACE, current_defaults(), recipe_evaluator(root, a.base, seeds))
     except (ValueError, FileNotFoundError) as err:
-        print(f"gdlib sweep: error: {err}", file=sys.stderr)
-        return 2
+        return fail("gdlib sweep", err)
     command = "gdlib sweep " + " ".join(shlex.quote(x) for x in argv)
     result.update(command=command, seconds=round(time.time() - t0, 1), styles=styles, seeds=seeds)
     out = Path(a.results)

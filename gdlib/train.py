@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .cliutil import Parser  # noqa: E402
 from . import runtime
 
 jt = runtime.setup_jittor()
@@ -298,7 +299,7 @@ def export_base(ema: TextToImage, out_dir: str | os.PathLike, card: dict[str, An
 def _parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     u, tx = UNetConfig(), TextConfig()
-    p = argparse.ArgumentParser(prog="gdlib train-base", description=(
+    p = Parser(prog="gdlib train-base", description=(
         "Pretrain the toy text-to-image model on ToyWorld's known styles. Rerun the same command to resume "
         "from OUT/ckpt.safetensors; the step and minute budgets are totals over all resumes."))
     p.add_argument("--out", default=d.out_dir, help="run directory (checkpoint, sample grids)")

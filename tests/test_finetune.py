@@ -101,17 +101,18 @@ def test_decoupled_dora_with_prior_trains_only_adapter_and_new_token(folder, tmp
     model = tiny_model()
     base_state = model.state()
     log = []
+    # the category word "animal" is an ordinary word of the base (data version 2); the identifier "sks" is new
     res = F.finetune_style(folder, tmp_path / "style.safetensors", cfg(prior_weight=1.0, num_class_images=2,
-                           class_steps=2), model=model, cache_dir=tmp_path / "cache", progress=False,
+                           class_steps=2, token="sks"), model=model, cache_dir=tmp_path / "cache", progress=False,
                            log=log.append)
     info = res["info"]
-    assert info["captions"][0].startswith("animal painting of ") and info["new_tokens"] == ["animal"]
-    assert F.style_prompt(info, "car") == "painting of car"
+    assert info["captions"][0].startswith("sks animal painting of ") and info["new_tokens"] == ["sks"]
+    assert F.style_prompt(info, "car") == "sks painting of car"
     assert all(np.isfinite(res["history"]["loss"])) and all(v is not None for v in res["history"]["prior_loss"])
     # base weights untouched except the new token's embedding row
     after = model.state()
     emb_key = "text_encoder.token_embedding.weight"
-    aid = model.tokenizer.ids["animal"]
+    aid = model.tokenizer.ids["sks"]
     for k, v in base_state.items():
         if k != emb_key:  # adapted layers keep their frozen weight under .base
             k2 = k if k in after else "{}.base.{}".format(*k.rsplit(".", 1))
@@ -124,7 +125,7 @@ def test_decoupled_dora_with_prior_trains_only_adapter_and_new_token(folder, tmp
     # the file reloads onto a fresh base to the same outputs; it is also a gdlib adapter file
     fresh = tiny_model()
     info2 = F.load_style(fresh, res["path"])
-    np.testing.assert_allclose(_outputs(fresh, "animal painting of cat"), _outputs(model, "animal painting of cat"),
+    np.testing.assert_allclose(_outputs(fresh, "sks animal painting of cat"), _outputs(model, "sks animal painting of cat"),
                                atol=1e-5)
     assert info2["caption_mode"] == "decoupled"
     tensors, meta = adapters.read_adapter(res["path"])
@@ -191,7 +192,7 @@ def test_cli_train_style(folder, tmp_path, capsys):
     card = json.loads((tmp_path / "cli.card.json").read_text())
     assert card["command"].startswith("gdlib train-style") and card["steps"] == 2
     rc = F.main_train_style([str(tmp_path / "missing"), "--out", str(out), "--base", str(base)])
-    assert rc == 2 and "does not exist" in capsys.readouterr().out
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
     from gdlib import cli
     assert cli.COMMANDS["train-style"][0] == "gdlib.finetune:main_train_style"
     from gdlib import train

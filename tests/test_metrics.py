@@ -119,11 +119,11 @@ def test_score_cli_errors(tmp_path, capsys):
 
     twx.export_challenge(tmp_path / "ref", ["ink"], seed=1)
     assert main(["score", "--pred", str(tmp_path / "nothing"), "--ref", str(tmp_path / "ref")]) == 2
-    assert "does not exist" in capsys.readouterr().out
+    assert "does not exist" in capsys.readouterr().err
     twx.oracle_predictions(tmp_path / "ref", tmp_path / "pred")
     next((tmp_path / "pred" / "00").glob("*.png")).unlink()
     assert main(["score", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref")]) == 2
-    assert "lacks predictions" in capsys.readouterr().out
+    assert "lacks predictions" in capsys.readouterr().err
 
 
 def test_leakage_detects_copied_content():

@@ -80,6 +80,6 @@ def test_check_words_names_unknown_words(tok):
     assert P.check_words(tok, ["cat", "painting"]) == []
     with pytest.raises(ValueError, match=r"\['dog', 'voxel'\]"):
         P.check_words(tok, ["cat", "dog", "voxel"])
-    assert P.check_words(tok, ["cat", "animal"], allowed_new=["animal"]) == ["animal"]
+    assert P.check_words(tok, ["cat", "animal", "voxel"], allowed_new=["voxel"]) == ["voxel"]  # category words are base words
     with pytest.warns(UserWarning, match="dog"):
         assert P.warn_unknown(tok, ["a pixel painting of a dog"]) == ["dog"]

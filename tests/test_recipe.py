@@ -92,6 +92,11 @@ def test_ablation_writes_scoreable_predictions_and_a_table(challenge, base, tmp_
     js = json.loads(out.read_text())
     assert js["command"] == "gdlib ablation --x" and js["seeds"] == [0, 1] and len(js["cells"]) == 8
     assert js["compare"]["guided_dora"]["final"]["diff"] == pytest.approx(c["diff"])
+    back = recipe.load_results(out)
+    assert back["per_cell"]["guided_dora"]["final"] == res["per_cell"]["guided_dora"]["final"]  # floats survive JSON
+    assert recipe.ingredient_steps(back) == recipe.ingredient_steps(res)
+    with pytest.raises(FileNotFoundError, match="gdlib ablation"):
+        recipe.load_results(tmp_path / "missing.json")
     assert {(x["set"], x["seed"], x["variant"]) for x in js["cells"]} == \
         {(s, seed, v) for s in ("00", "01") for seed in (0, 1) for v in ("baseline", "guided_dora")}
 
@@ -126,10 +131,10 @@ def test_cli_generate_writes_the_challenge_layout(challenge, base, tmp_path, cap
     for f in (challenge / "01" / "images").iterdir():
         (tmp_path / "np" / "images" / f.name).write_bytes(f.read_bytes())
     assert recipe.main_generate([str(tmp_path / "np"), "--out", str(tmp_path / "o2"), *common]) == 2
-    assert "pass --prompts" in capsys.readouterr().out
+    assert "pass --prompts" in capsys.readouterr().err
     assert recipe.main_generate([str(challenge / "01"), "--out", str(tmp_path / "o3"), "--adapter", str(base),
                                  *common]) == 2
-    assert "not a gdlib style file" in capsys.readouterr().out
+    assert "not a gdlib style file" in capsys.readouterr().err
 
 
 def test_cli_demo_writes_figure_and_scores(base, tmp_path, capsys):
@@ -140,7 +145,7 @@ def test_cli_demo_writes_figure_and_scores(base, tmp_path, capsys):
     text = (tmp_path / "demo_scores.md").read_text()
     assert "Guided DoRA" in text and "DoRA + decoupled prompts" in text
     assert recipe.main_demo(["--base", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path)]) == 2
-    assert "not found" in capsys.readouterr().out
+    assert "not found" in capsys.readouterr().err
 
 
 def test_style_panel_and_its_widget(challenge, base):

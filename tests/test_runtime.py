@@ -158,3 +158,22 @@ def test_no_smallest_subnormal_warning_after_jittor_loads():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "smallest subnormal" not in out.stderr and float(out.stdout.split()[-1]) > 0
+
+
+def test_cli_version_and_one_line_errors(capsys, tmp_path):
+    import gdlib
+    from gdlib.cli import main
+
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"gdlib {gdlib.__version__}"
+    # an argparse error: one line on stderr naming the command, exit 2 (not argparse's usage block)
+    with pytest.raises(SystemExit) as e:
+        main(["sample", "a cat", "--steps", "many"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("gdlib sample: error:")
+    # bad input raised inside a command: one line, no traceback
+    bad = tmp_path / "base.safetensors"
+    bad.write_bytes(b"\x00" * 10)
+    assert main(["sample", "a pixel painting of a cat", "--checkpoint", str(bad), "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("gdlib sample: error:") and "Traceback" not in err
+    assert not (tmp_path / "o.png").exists()

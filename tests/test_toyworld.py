@@ -228,7 +228,7 @@ def test_cli_export(tmp_path, capsys):
     sets = imageio.load_challenge(tmp_path / "o")
     assert [len(s.objects) for s in sets] == [2, 2]
     assert main(["toyworld", "export", "--out", str(tmp_path / "p"), "--styles", "cubism"]) == 2
-    assert "unknown ToyWorld style" in capsys.readouterr().out
+    assert "unknown ToyWorld style" in capsys.readouterr().err
 
 
 def test_import_user_folder_into_challenge_layout(tmp_path):
@@ -260,7 +260,7 @@ def test_cli_grid_and_import(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
     assert main(["toyworld", "import", "--images", str(src), "--out", str(tmp_path / "r")]) == 2
-    assert "no images" in capsys.readouterr().out
+    assert "no images" in capsys.readouterr().err
 
 
 def test_toyworld_explorer_headless():

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cliutil import Parser
 from gdlib import runtime
 
 jt = runtime.setup_jittor()
 nn = jt.nn
 
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "data" / "evaluators"
+DEFAULT_DIR = Path(__file__).resolve().parents[1] / "data" / "evaluators"  # inside the package: wheels carry it
 CONTENT_FILE, STYLE_FILE, CARD_FILE = "content.safetensors", "style.safetensors", "card.json"
 
 
@@ -166,8 +167,8 @@ ToyWorld (real photos, noise) their softmax confidence is not calibrated.
 
 
 def load_evaluators(path: str | Path | None = None) -> Evaluators:
-    """Load the shipped evaluators (data/evaluators by default); warns if ToyWorld's data version moved."""
-    from safetensors.numpy import load_file
+    """Load the shipped evaluators (gdlib/data/evaluators by default); warns if ToyWorld's data version moved."""
+    from ..checkpoint import load_tensors
 
     from gdlib import toyworld
 
@@ -185,7 +186,7 @@ def load_evaluators(path: str | Path | None = None) -> Evaluators:
     nets = []
     for name, n_cls in ((CONTENT_FILE, len(card["objects"])), (STYLE_FILE, len(card["styles"]))):
         net = EvalNet(n_cls, width=card["width"], feat_dim=card["feat_dim"], size=int(card["size"]))
-        net.load_parameters({k: v for k, v in load_file(str(d / name)).items()})
+        net.load_parameters(load_tensors(d / name)[0])  # a damaged file: ValueError naming it
         net.eval()
         nets.append(net)
     return Evaluators(nets[0], nets[1], list(card["objects"]), list(card["styles"]), int(card["size"]), card)
@@ -283,7 +284,7 @@ def main(argv: list[str]) -> int:
     import platform
     import shlex
 
-    p = argparse.ArgumentParser(prog="gdlib train-evaluators", description=main.__doc__)
+    p = Parser(prog="gdlib train-evaluators", description=main.__doc__)
     p.add_argument("--out", default="runs/evaluators",
                    help=f"output folder (default runs/evaluators; the shipped ones live in {DEFAULT_DIR}: pass it to replace them)")
     p.add_argument("--seed", type=int, default=0, help="training data / init seed")

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..cliutil import Parser, fail
 from gdlib import imageio
 
 from . import (CATEGORIES, DATA_VERSION, DEFAULT_SIZE, HELDOUT_STYLES, OBJECTS, STYLES, _check_style,
@@ -95,7 +96,7 @@ def main(argv: list[str]) -> int:
     """`gdlib toyworld`: export few-shot sets in the challenge layout, or render oracle predictions."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="gdlib toyworld", description=main.__doc__)
+    p = Parser(prog="gdlib toyworld", description=main.__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("export", help="write {out}/NN/images/{object}.png + prompt.json per style")
     e.add_argument("--out", required=True)
@@ -137,6 +138,5 @@ def main(argv: list[str]) -> int:
             w = oracle_predictions(a.ref, a.out, a.seed, a.shuffle_labels, a.size)
             print(f"wrote {sum(len(v) for v in w.values())} images in {len(w)} folders under {a.out}")
     except (ValueError, FileNotFoundError) as err:
-        print(f"gdlib toyworld: error: {err}")
-        return 2
+        return fail("gdlib toyworld", err)
     return 0
