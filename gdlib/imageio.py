@@ -31,18 +31,23 @@ class StyleSet:
 
 
 def load_image(path: str | Path, size: int = 32) -> np.ndarray:
-    """Any image file -> float32 [3, size, size] in [-1, 1] (RGB; alpha over white; resize + centre crop)."""
-    from PIL import Image, UnidentifiedImageError
+    """Any image file -> float32 [3, size, size] in [-1, 1]: EXIF orientation applied, 16-bit and CMYK converted, alpha
+    composited over white, resized (shorter side) and centre-cropped. Unreadable files and decompression bombs (more
+    than PIL.Image.MAX_IMAGE_PIXELS pixels) are a ValueError naming the file."""
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "P", "PA"):
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im)
-            im = im.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, do not decode, a bomb
+            with Image.open(path) as im:
+                im.load()
+                im = ImageOps.exif_transpose(im)          # phone photos: honour the camera's orientation tag
+                im = _to_rgb(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"refusing image {path}: {e} Shrink it first (the course works at {size} px).") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}. "
                          "Remove the file or re-save it as PNG/JPEG.") from e
@@ -55,6 +60,22 @@ def load_image(path: str | Path, size: int = 32) -> np.ndarray:
     left, top = (nw - size) // 2, (nh - size) // 2
     a = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32)
     return (a.transpose(2, 0, 1) / 127.5 - 1.0).astype(np.float32)
+
+
+def _to_rgb(im):
+    """A PIL image of any mode -> RGB: 16/32-bit integer grey scaled to 8 bits (PIL's own conversion clips it),
+    alpha and palette transparency composited over white, CMYK and the rest through PIL."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        return Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("RGBA", "LA", "P", "PA", "RGBa", "La") or "transparency" in im.info:
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    return im.convert("RGB")
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -92,11 +113,20 @@ def read_prompts(path: str | Path) -> dict[str, str]:
         raise FileNotFoundError(f"{path} not found: each style folder needs a prompt.json "
                                 '({"0": "cat", "1": "car", ...}) listing the objects to generate')
     try:
-        d = json.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8 JSON") from None
+    try:
+        d = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(d, dict) or not all(isinstance(v, str) and WORD_RE.match(v) for v in d.values()):
-        raise ValueError(f"{path} must map ids to single object words, e.g. {{\"0\": \"cat\"}}")
+        raise ValueError(f"{path} is not valid JSON: {e}" + (" (the file is empty)" if not text.strip() else "")) from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} must be a JSON object mapping ids to object words, e.g. {{\"0\": \"cat\"}}, "
+                         f"not a {type(d).__name__}")
+    bad = [v for v in d.values() if not (isinstance(v, str) and WORD_RE.match(v))]
+    if bad:
+        raise ValueError(f"{path}: prompts must be single English object words (ASCII letters), e.g. "
+                         f"{{\"0\": \"cat\"}}; these are not: {bad[:5]}")
     return {str(k): v.lower() for k, v in d.items()}
 
 
