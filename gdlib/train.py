@@ -49,6 +49,7 @@ class TrainConfig:
     data_seed: int = 0
     seed: int = 0
     checkpoint_minutes: float = 5.0
+    checkpoint_every: int = 0           # also checkpoint every N steps (0: by time only)
     sample_every: int = 250             # 0 disables the sample grids
     sample_steps: int = 25
     guidance_scale: float = DEFAULT_GUIDANCE
@@ -155,6 +156,23 @@ def _load_data(cfg: TrainConfig, model: TextToImage) -> dict:
     return ds
 
 
+# budgets and bookkeeping may change between resumes; everything else defines the run
+_NOT_RUN_DEFINING = ("out_dir", "steps", "minutes", "checkpoint_minutes", "checkpoint_every", "sample_every",
+                     "sample_steps", "guidance_scale", "log_every")
+
+
+def run_definition(cfg: TrainConfig) -> dict:
+    """The config fields that define a run (a resume must match them): everything but budgets and logging."""
+    return {k: v for k, v in json.loads(json.dumps(asdict(cfg), default=list)).items() if k not in _NOT_RUN_DEFINING}
+
+
+def batch_rng(cfg: TrainConfig, step: int, attempt: int = 0) -> np.random.Generator:
+    """The random stream of one training step (batch, noise, timesteps, caption templates, dropout): a function of
+    (seed, step, attempt) only, so a resumed run draws exactly the batches an uninterrupted one would; a step retried
+    after a skipped non-finite update (attempt 1, 2) draws a fresh batch."""
+    return np.random.default_rng([int(cfg.seed), 1000003, int(step), int(attempt)])
+
+
 def save_checkpoint(path: Path, model: TextToImage, ema: TextToImage, opt, state: dict) -> Path:
     """Model, EMA, AdamW moments and loop state in one safetensors file (atomic)."""
     tensors = {"model." + k: v for k, v in model.state().items()}
@@ -164,11 +182,21 @@ def save_checkpoint(path: Path, model: TextToImage, ema: TextToImage, opt, state
     return save_tensors(path, tensors, meta)
 
 
-def _restore(path: Path, model: TextToImage, ema: TextToImage, opt) -> dict:
+def _restore(path: Path, model: TextToImage, ema: TextToImage, opt, cfg: TrainConfig | None = None,
+             log: Callable[[str], None] = print) -> dict:
     tensors, meta = load_tensors(path)
     if meta.get("config") != model.config.to_json():
         raise ValueError(f"{path} was trained with a different model config; use another --out directory "
                          f"or the same model options (saved: {meta.get('config')})")
+    saved = json.loads(meta["train_state"]).get("run")
+    if cfg is not None and saved is not None:
+        now = run_definition(cfg)
+        differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if differ:
+            raise ValueError(f"{path} belongs to a run with other options: {', '.join(f'{k} {saved.get(k)!r} -> {now.get(k)!r}' for k in differ)}; "
+                             "rerun with the original options to resume, or use another --out")
+    elif cfg is not None:
+        log(f"{path} predates run keys: resuming without checking the options")
     model.load_state({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     ema.load_state({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     state = json.loads(meta["train_state"])
@@ -214,11 +242,12 @@ def train_base(cfg: TrainConfig, progress: bool = True, log: Callable[[str], Non
     ema.load_state(model.state())
     params, ema_params = model.parameters(), ema.parameters()
     opt = kernels.AdamW(params, cfg.lr, weight_decay=cfg.weight_decay)  # fused step; jt.optim.AdamW when kernels are off
-    state = {"step": 0, "elapsed": 0.0, "rng": None, "history": {"step": [], "loss": [], "lr": []}}
+    state = {"step": 0, "elapsed": 0.0, "rng": None, "history": {"step": [], "loss": [], "lr": []},
+             "run": run_definition(cfg)}
     if ckpt.exists():
-        state = _restore(ckpt, model, ema, opt)
+        state = _restore(ckpt, model, ema, opt, cfg, log)
+        state["run"] = run_definition(cfg)
         log(f"resumed from {ckpt} at step {state['step']} ({state['elapsed'] / 60:.1f} min trained)")
-    rng = np.random.default_rng(cfg.seed + 1000003 * state["step"])
     t_data = time.time()
     ds = _load_data(cfg, model)
     log(f"data: {len(ds['captions'])} images, {len(ds['styles'])} styles x {len(ds['objects'])} objects, "
@@ -239,6 +268,7 @@ def train_base(cfg: TrainConfig, progress: bool = True, log: Callable[[str], Non
         step = state["step"]
         lr = lr_at(step, max(step / max(1, cfg.steps), state["elapsed"] / budget), cfg)
         opt.lr = lr
+        rng = batch_rng(cfg, step, bad_steps)
         idx = rng.integers(0, N, cfg.batch_size)
         x0 = images[idx]
         eps = rng.standard_normal(x0.shape).astype(np.float32)
@@ -267,7 +297,8 @@ def train_base(cfg: TrainConfig, progress: bool = True, log: Callable[[str], Non
         bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.1e}", min=f"{state['elapsed'] / 60:.1f}")
         if cfg.sample_every and state["step"] % cfg.sample_every == 0:
             _grid(ema, ds, out / "samples" / f"step_{state['step']:06d}.png", cfg, log)
-        if time.time() - t_last_ckpt >= cfg.checkpoint_minutes * 60:
+        if time.time() - t_last_ckpt >= cfg.checkpoint_minutes * 60 or \
+                (cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0):
             save_checkpoint(ckpt, model, ema, opt, {**state, "elapsed": elapsed0 + time.time() - t0})
             t_last_ckpt = time.time()
     bar.close()
@@ -327,6 +358,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text-layers", type=int, default=tx.layers)
     p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
     p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="also checkpoint every N steps (0: off)")
     p.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between sample grids (0: off)")
     p.add_argument("--export", default=None, help="after training: measure accuracies, write EMA weights + card here")
     p.add_argument("--eval-steps", type=int, default=25, help="DDIM steps for the export's accuracy measurement")
@@ -360,7 +392,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                        warmup_steps=a.warmup, ema_decay=a.ema, cond_drop=a.cond_drop,
                        caption_mix=not a.single_template, grad_clip=a.grad_clip,
                        min_snr_gamma=a.min_snr, n_per_pair=a.n_per_pair, seed=a.seed,
-                       checkpoint_minutes=a.checkpoint_minutes, sample_every=a.sample_every,
+                       checkpoint_minutes=a.checkpoint_minutes, checkpoint_every=a.checkpoint_every,
+                       sample_every=a.sample_every,
                        guidance_scale=a.guidance, model=ModelConfig(unet=unet, text=text, prediction_type=a.prediction_type))
 
 
