@@ -20,7 +20,9 @@ def test_card_matches_library(ev):
     assert card["data_version"] == tw.DATA_VERSION
     assert card["objects"] == tw.OBJECTS and card["styles"] == tw.STYLES
     assert card["command"].startswith("gdlib train-evaluators")
-    assert card["train_seconds"] > 0 and card["fresh_seed_eval"]["n_images"] > 0
+    fresh = card["fresh_seed_eval"]   # what data/README.md and the card claim, on every style of this data version
+    assert fresh["n_images"] == len(tw.STYLES) * len(tw.OBJECTS) * 8 and sorted(fresh["per_style"]) == sorted(tw.STYLES)
+    assert fresh["content_accuracy"] >= 0.99 and fresh["style_accuracy"] >= 0.99
     assert (E.DEFAULT_DIR / "README.md").read_text().startswith("# ToyWorld evaluators")
 
 

@@ -43,3 +43,17 @@ def test_skeleton(path):
     text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown").lower()
     for part in ("learn", "summary", "exercise"):
         assert part in text, f"{path.name}: no '{part}' section"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_paired_text_version_is_in_sync(path):
+    """Each notebook has a jupytext percent-format twin (NN_slug.py) that reviews as a diff; they hold the same
+    cells. After editing one, `jupytext --sync notebooks/*.ipynb` updates the other."""
+    jupytext = pytest.importorskip("jupytext")
+    py = path.with_suffix(".py")
+    assert py.is_file(), f"{py.name} missing: run `jupytext --set-formats ipynb,py:percent {path}`"
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    text = jupytext.read(py)
+    a = [(c["cell_type"], "".join(c["source"]).strip()) for c in nb["cells"]]
+    b = [(c.cell_type, c.source.strip()) for c in text.cells]
+    assert a == b, f"{path.name} and {py.name} differ: run `jupytext --sync {path}`"

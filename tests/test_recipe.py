@@ -59,7 +59,7 @@ def test_run_style_shares_the_finetune_and_guidance_changes_the_images(challenge
     assert np.abs(plain["images"] - guided["images"]).max() > 1e-3
     for r in runs.values():
         s = r["scores"]
-        assert 0.0 <= s["content_accuracy"] <= 1.0 and np.isfinite(s["final"])
+        assert s["n"] == len(prompts) and np.isfinite(s["final"])
         assert s["final"] == pytest.approx(s["style"] * (s["text"] + s["quality"]))
 
 
