@@ -135,11 +135,13 @@ def reference_embedding(psi: Callable, x_ref) -> "jt.Var":
 
 
 class RBModulation:
-    """x0_transform for sample_ddim / sample_ddpm: x0_hat -> z* (rb_control); keeps a per-step history."""
+    """x0_transform for sample_ddim / sample_ddpm: x0_hat -> z* (rb_control); keeps a per-step history (with
+    keep_images, also each step's x0_hat and z* as numpy arrays, for pictures)."""
 
     def __init__(self, psi: Callable, x_ref, num_inference_steps: int, config: RBConfig | None = None,
-                 content_fn: Callable | None = None):
+                 content_fn: Callable | None = None, keep_images: bool = False):
         self.psi, self.config, self.content_fn = psi, config or RBConfig(), content_fn
+        self.keep_images = bool(keep_images)
         self.num_inference_steps = int(num_inference_steps)
         if self.num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
@@ -150,6 +152,8 @@ class RBModulation:
         z, info = rb_control(x0_hat, self.psi, self.psi_ref, i, self.num_inference_steps, self.config,
                              self.content_fn)
         info["t"] = int(t)
+        if self.keep_images:
+            info["x0_hat"], info["z"] = _var(x0_hat).numpy(), z.numpy()
         self.history.append(info)
         return z
 
@@ -296,10 +300,11 @@ def afa_model(unet: nn.Module, schedule, model_fn: Callable, x_ref, ref_context:
 def stylize(model, prompts: str | Sequence[str], x_ref, psi: Callable | str | None = "gram",
             config: RBConfig | None = None, num_inference_steps: int = 20, guidance_scale: float | None = None,
             sampler: str = "ddim", eta: float = 0.0, seed: int = 0, afa: bool = False, control: bool = True,
-            content_fn: Callable | None = None, batch_size: int = 32, return_history: bool = False):
+            content_fn: Callable | None = None, batch_size: int = 32, return_history: bool = False,
+            keep_images: bool = False):
     """Text -> images float32 [N, 3, H, W] in [-1, 1] from the base model with CFG, steered toward the style of
     x_ref by RB-Modulation (control=True) and/or AFA (afa=True); DDIM(eta) or DDPM. With return_history:
-    (images, list of per-step control infos per batch)."""
+    (images, list of per-step control infos per batch; with keep_images each info also holds x0_hat and z*)."""
     from . import pipeline, sampling
     from .style import get_descriptor
 
@@ -346,7 +351,7 @@ def stylize(model, prompts: str | Sequence[str], x_ref, psi: Callable | str | No
             def fn(x_t, t, _f=cfg_fn):
                 with jt.no_grad():
                     return _f(x_t, t).detach()
-            rb = RBModulation(psi, x_ref, num_inference_steps, config, content_fn) if control else None
+            rb = RBModulation(psi, x_ref, num_inference_steps, config, content_fn, keep_images) if control else None
             kw = dict(callback=None, noise_fn=noise_fn, x0_transform=rb)
             x0 = jt.array(x_T[b:b + batch_size])
             if sampler == "ddim":

@@ -53,9 +53,10 @@ def image_grid(images, nrow: int | None = None, titles: Sequence[str] | None = N
 
 
 def denoising_strip(states: Sequence[np.ndarray], x0_hats: Sequence[np.ndarray], ts: Sequence[int],
-                    n_cols: int = 8, suptitle: str | None = None):
+                    n_cols: int = 8, suptitle: str | None = None, row_labels: Sequence[str] = ("x_t", "x0_hat")):
     """The reverse process of one image as two rows: the state x_t (top) and the Tweedie estimate x0_hat (bottom) at
-    up to n_cols evenly spaced steps (images [3, H, W] in [-1, 1]; the last column is the final step)."""
+    up to n_cols evenly spaced steps (images [3, H, W] in [-1, 1]; the last column is the final step). Any two
+    per-step image sequences work (e.g. x0_hat and RB-Modulation's controlled z*, with row_labels)."""
     if not (len(states) == len(x0_hats) == len(ts)) or not len(ts):
         raise ValueError(f"denoising_strip: need as many states, x0_hats and timesteps (got {len(states)}, "
                          f"{len(x0_hats)}, {len(ts)})")
@@ -63,7 +64,7 @@ def denoising_strip(states: Sequence[np.ndarray], x0_hats: Sequence[np.ndarray],
     top = np.stack([np.clip(np.asarray(states[i]), -1, 1) for i in idx])
     bottom = np.stack([np.asarray(x0_hats[i]) for i in idx])
     return image_grid(np.concatenate([top, bottom]), nrow=len(idx), titles=[f"t={int(ts[i])}" for i in idx],
-                      row_labels=["x_t", "x0_hat"], suptitle=suptitle)
+                      row_labels=list(row_labels), suptitle=suptitle)
 
 
 def curves(xs: dict[str, Sequence[float]], ys: dict[str, Sequence[float]], xlabel: str, ylabel: str,
