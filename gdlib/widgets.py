@@ -106,6 +106,35 @@ def toyworld_explorer(seed: int = 0, size: int = 32) -> Explorer:
     return Explorer(fn, controls, render=render)  # call .update() once to draw the first panel
 
 
+def cfg_explorer(model, objects=("cat", "car", "tree", "house"), num_inference_steps: int = 20, seed: int = 0) -> Explorer:
+    """Style (known or held out) x CFG scale -> the base model's images of a few objects for
+    'a {style} painting of a {object}' (pure function: gdlib.pipeline.generate). Held-out styles are words the base
+    never saw drawn: no guidance scale conjures them."""
+    import ipywidgets as W
+
+    from . import plot, toyworld
+    from .pipeline import DEFAULT_GUIDANCE, generate
+
+    objects = list(objects)
+    controls = {
+        "style": W.Dropdown(options=[(f"{s} (held out)" if s in toyworld.HELDOUT_STYLES else s, s) for s in toyworld.STYLES],
+                            value=toyworld.KNOWN_STYLES[0], description="style"),
+        "guidance": W.FloatSlider(value=DEFAULT_GUIDANCE, min=1.0, max=7.0, step=0.5, description="CFG scale"),
+    }
+
+    def fn(style: str, guidance: float):
+        prompts = [toyworld.caption(style, o) for o in objects]
+        return {"images": generate(model, prompts, num_inference_steps, guidance, seed=seed), "prompts": prompts}
+
+    def render(result):
+        import matplotlib.pyplot as plt
+        fig = plot.image_grid(result["images"], nrow=len(objects), titles=result["prompts"])
+        plt.show()
+        plt.close(fig)
+
+    return Explorer(fn, controls, render=render)  # call .update() once to draw the first grid
+
+
 def rb_explorer(model, prompts, x_ref, psis: dict | None = None, num_inference_steps: int = 10,
                 guidance_scale: float | None = None, seed: int = 0, sampler: str = "ddim") -> Explorer:
     """Style weight / num_iter / tau / eta / Psi -> stylised image grid (pure function: gdlib.guidance.stylize)."""
@@ -117,11 +146,12 @@ def rb_explorer(model, prompts, x_ref, psis: dict | None = None, num_inference_s
 
     psis = dict(psis) if psis else {"gram": GramDescriptor()}
     prompts = list(prompts)
+    d = RBConfig()
     controls = {
-        "lam_style": W.FloatLogSlider(value=1e3, base=10, min=-1, max=4, step=0.25, description="style weight"),
-        "num_iter": W.IntSlider(value=3, min=0, max=6, description="num_iter"),
+        "lam_style": W.FloatLogSlider(value=d.lam_style, base=10, min=-2, max=3, step=0.25, description="style weight"),
+        "num_iter": W.IntSlider(value=d.num_iter, min=0, max=8, description="num_iter"),
         "tau": W.IntSlider(value=num_inference_steps, min=0, max=num_inference_steps, description="tau"),
-        "eta": W.FloatSlider(value=0.1, min=0.0, max=0.3, step=0.01, description="eta (lr)"),
+        "eta": W.FloatSlider(value=d.eta, min=0.0, max=0.4, step=0.01, description="eta (lr)"),
         "psi": W.Dropdown(options=list(psis), value=list(psis)[0], description="Psi"),
     }
 
