@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("gdlib.recipe:main_generate", "prompt.json (+ style file, + RB-Modulation toward the references) -> OUT/NN/{prompt}.png"),
     "demo": ("gdlib.recipe:main_demo", "Guided DoRA on one held-out ToyWorld style: outputs/demo.png and the score table"),
     "ablation": ("gdlib.recipe:main_ablation", "baseline / DoRA / +decoupled / Guided DoRA on the test styles x seeds: means and 95% intervals"),
+    "prepare": ("gdlib.prepare:main", "a folder of your images -> a clean style folder + metadata + a report of what was dropped and why"),
     "sweep": ("gdlib.sweep:main", "tune the recipe's knobs on the validation styles only: results JSON + table"),
 }
 
