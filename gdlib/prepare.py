@@ -9,7 +9,8 @@ with the libraries the course already uses (PIL, NumPy), for a folder of any ima
      unreadable files are dropped with the reader's message;
   2. drop images smaller than `min_size` on their shorter side, and panoramas / strips outside [min_aspect, max_aspect];
   3. drop near-duplicates: a 64-bit difference hash (dHash: is each pixel brighter than its right neighbour, on a
-     9x8 grey thumbnail) within `max_hash_distance` bits of an image already kept;
+     9x8 grey thumbnail) within `max_hash_distance` bits of an image already kept (files are visited shortest name
+     first, so the original "cat.png" stays and "cat (copy).jpg" goes);
   4. name each image after its object: the file name's words minus style words (`style_words`, plus "style", "art",
      numbers); with several words left, the last one (English puts the noun last: "red_car" -> car); one image per
      object (the challenge layout names images by their object);
@@ -107,7 +108,9 @@ def prepare_folder(src: str | Path, out: str | Path, config: PrepareConfig | Non
     bad_prompts = [p for p in prompts if not re.fullmatch(r"[a-z]+", p)]
     if bad_prompts:
         raise ValueError(f"--prompts must be single lower-case object words, got {bad_prompts}")
-    files = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith("."))
+    # shortest names first, so of two near-duplicates "cat.png" is kept and "cat (copy).jpg" dropped
+    files = sorted((p for p in src.iterdir() if p.is_file() and not p.name.startswith(".")),
+                   key=lambda p: (len(p.stem), p.name))
     decisions: list[Decision] = []
     kept_hashes: list[tuple[int, str]] = []
     kept_objects: dict[str, str] = {}
