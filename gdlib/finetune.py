@@ -31,7 +31,10 @@ from .adapters import DEFAULT_TARGETS  # noqa: E402
 from .checkpoint import load_tensors, optimizer_tensors, restore_optimizer, save_tensors  # noqa: E402
 from .pipeline import DEFAULT_BASE, DEFAULT_GUIDANCE, TextToImage  # noqa: E402
 
-ADAPTER_KINDS = ("lora", "dora", "full")
+ADAPTER_KINDS = ("lora", "dora", "full", "custom")
+# Custom Diffusion (Kumari et al. 2023): only the cross-attention key and value projections, full weights (diffusers'
+# train_custom_diffusion.py --freeze_model crossattn_kv), plus the new token's embedding
+CUSTOM_TARGETS = ("attn2.to_k", "attn2.to_v")
 # where a style adapter sits: the attention projections AND the residual blocks' 3x3 convolutions. Attention alone
 # (peft's usual choice, adapters.DEFAULT_TARGETS) learns little style on this UNet (notebook 03 measures both
 # placements); `gdlib sweep` compares them on the validation styles (gdlib/data/sweep/README.md).
@@ -42,7 +45,7 @@ STYLE_KEY = "gdlib_style"
 @dataclass
 class StyleConfig:
     """Knobs of one few-shot style fine-tune."""
-    adapter: str = "dora"                 # lora | dora | full (every UNet weight)
+    adapter: str = "dora"                 # lora | dora | full (every UNet weight) | custom (cross-attention K/V)
     rank: int = 4
     alpha: float | None = None            # None: alpha = rank (the challenge baseline's choice)
     targets: list[str] = field(default_factory=lambda: list(STYLE_TARGETS))
@@ -200,6 +203,10 @@ def _prepare(model: TextToImage, cfg: StyleConfig, new_tokens: Sequence[str]) ->
         params = list(model.unet.parameters())
         for p in params:
             p.start_grad()
+    elif cfg.adapter == "custom":
+        params = [m.weight for _, m in custom_layers(model)]
+        for p in params:
+            p.start_grad()
     else:
         adapters.inject(model.unet, targets=list(cfg.targets), kind=cfg.adapter, rank=cfg.rank,
                         alpha=float(cfg.rank if cfg.alpha is None else cfg.alpha), seed=cfg.seed)
@@ -228,13 +235,26 @@ def _keep_frozen_rows(model: TextToImage, row_mask) -> None:
     emb.update((emb * mask + jt.array(w0) * (1.0 - mask)).detach())
 
 
+def custom_layers(model: TextToImage) -> list[tuple[str, Any]]:
+    """The (name, Linear) pairs Custom Diffusion trains: every cross-attention key and value projection."""
+    found = [(n, m) for n, m in model.unet.named_modules() if any(n.endswith(t) for t in CUSTOM_TARGETS)]
+    if not found:
+        raise ValueError(f"adapter 'custom': the UNet has no {CUSTOM_TARGETS} layers")
+    return found
+
+
 # --------------------------------------------------------------------------------------------- files
 def style_tensors(model: TextToImage, info: dict) -> dict[str, np.ndarray]:
     """What a style file stores: the UNet adapter (peft keys) or UNet weights, token rows or text-encoder weights."""
     from .adapters import adapter_state_dict
     from .checkpoint import module_state
 
-    out = module_state(model.unet, "unet.") if info["adapter"] == "full" else adapter_state_dict(model.unet)
+    if info["adapter"] == "full":
+        out = module_state(model.unet, "unet.")
+    elif info["adapter"] == "custom":
+        out = {f"unet.{n}.weight": m.weight.numpy().copy() for n, m in custom_layers(model)}
+    else:
+        out = adapter_state_dict(model.unet)
     if info["train_text_encoder"]:
         out.update(module_state(model.text_encoder, "text_encoder."))
     else:
@@ -253,8 +273,8 @@ def save_style(path: str | os.PathLike, model: TextToImage, info: dict) -> Path:
     if path.suffix != ".safetensors":
         raise ValueError(f"the style file must end in .safetensors, got {path.name!r}")
     meta = {STYLE_KEY: json.dumps(info)}
-    if info["adapter"] == "full":
-        meta["format"] = "gdlib-style-full/1"
+    if info["adapter"] in ("full", "custom"):
+        meta["format"] = f"gdlib-style-{info['adapter']}/1"
     else:
         meta.update({"format": FORMAT, "config": json.dumps(adapter_config(model.unet)),
                      "base_fingerprint": json.dumps(base_fingerprint(model.unet)), "base_id": info["base_fingerprint"]})
@@ -289,6 +309,11 @@ def load_style(model: TextToImage, path: str | os.PathLike, strict_base: bool = 
     ids = model.tokenizer.add_tokens(info["new_tokens"])
     if info["adapter"] == "full":
         load_module_state(model.unet, tensors, "unet.")
+    elif info["adapter"] == "custom":
+        layers = dict(custom_layers(model))
+        for key, value in tensors.items():
+            if key.startswith("unet."):
+                layers[key[len("unet."):-len(".weight")]].weight.update(jt.array(value))
     else:
         load_adapter(model.unet, path, strict_base=strict_base)
     if info["train_text_encoder"]:

@@ -166,6 +166,24 @@ def test_resume_continues_the_same_run(folder, tmp_path):
                          model=tiny_model(), progress=False)
 
 
+def test_custom_diffusion_trains_only_cross_attention_kv_and_the_token(folder, tmp_path):
+    model = tiny_model()
+    before = model.state()
+    res = F.finetune_style(folder, tmp_path / "kv.safetensors", cfg(adapter="custom", lr=1e-3, caption_mode="dreambooth"),
+                           model=model, progress=False)
+    after = model.state()
+    changed = sorted(k for k in after if not np.array_equal(after[k], before[k]))
+    assert changed and all(k.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) or "token_embedding" in k
+                           for k in changed), changed
+    assert any("attn2.to_k" in k for k in changed) and any("attn2.to_v" in k for k in changed)
+    tensors, info = F.read_style(res["path"])
+    assert info["adapter"] == "custom" and all(k.startswith(("unet.", "token_embedding.")) for k in tensors)
+    fresh = tiny_model()
+    F.load_style(fresh, res["path"])
+    np.testing.assert_allclose(_outputs(fresh, "a sks painting of a car"), _outputs(model, "a sks painting of a car"),
+                               atol=1e-5)
+
+
 def test_full_finetune_with_text_encoder_roundtrip(folder, tmp_path):
     model = tiny_model()
     before = model.state()
