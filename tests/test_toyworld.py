@@ -216,7 +216,7 @@ def test_challenge_layout_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="prompt.json"):
         imageio.load_challenge(tmp_path / "root")
     (tmp_path / "root" / "00" / "prompt.json").write_text(json.dumps({"0": "red car"}))
-    with pytest.raises(ValueError, match="single object words"):
+    with pytest.raises(ValueError, match="single English object words"):
         imageio.load_challenge(tmp_path / "root")
 
 

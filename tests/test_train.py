@@ -151,13 +151,14 @@ def test_pretraining_captions_are_drawn_from_every_template(tmp_path):
 
     model = tiny_model()
     ds = T._load_data(tiny_train_config(tmp_path), model)
-    assert ds["templates"] == list(toyworld.CAPTION_TEMPLATES) and ds["ids"].shape[:2] == (len(ds["templates"]), 4)
+    n = len(ds["captions"])
+    assert ds["templates"] == list(toyworld.CAPTION_TEMPLATES) and ds["ids"].shape[:2] == (len(ds["templates"]), n)
     assert abs(ds["template_p"].sum() - 1) < 1e-12
-    for n in range(4):
-        s, o = toyworld.STYLES[ds["style_idx"][n]], toyworld.OBJECTS[ds["object_idx"][n]]
+    for i in range(n):
+        s, o = toyworld.STYLES[ds["style_idx"][i]], toyworld.OBJECTS[ds["object_idx"][i]]
         for k, name in enumerate(ds["templates"]):
             words = model.tokenizer.split(toyworld.caption(s, o, name))
-            assert model.tokenizer.decode(ds["ids"][k, n]) == " ".join(words)
+            assert model.tokenizer.decode(ds["ids"][k, i]) == " ".join(words)
     single = T._load_data(tiny_train_config(tmp_path, caption_mix=False), model)
     assert single["templates"] == ["style"] and single["ids"].shape[0] == 1
     assert T.config_from_args(T._parser().parse_args(["--single-template"])).caption_mix is False
