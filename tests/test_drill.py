@@ -27,6 +27,16 @@ def _gdlib(args, cwd):
 
 def _run_killed(args, cwd, ckpt: Path, kills: int, seed: int) -> list[str]:
     """Run the command, SIGKILL it `kills` times at random moments after a checkpoint exists, then let it finish."""
+    # Jittor (loaded in this test process by conftest) installs a SIGCHLD handler that exits the whole process when a
+    # child dies of a signal; a killed child is the point of this drill, so the default handler is restored meanwhile
+    old = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        return _drill(args, cwd, ckpt, kills, seed)
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+
+
+def _drill(args, cwd, ckpt: Path, kills: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     outcomes = []
     for _ in range(kills):

@@ -74,7 +74,7 @@ def test_first_control_step_is_signed_style_gradient():
     x0 = jt.array(np.random.default_rng(1).uniform(-1, 1, (2, 3, 16, 16)).astype(np.float32))
     ref = jt.array(ref_image())
     psi_ref = guidance.reference_embedding(psi, ref)
-    cfg = RBConfig(num_iter=1, eta=0.1)
+    cfg = RBConfig(num_iter=1, eta=0.1, lam_style=1.0)   # g below is the unweighted style gradient
     z, info = guidance.rb_control(x0, psi, psi_ref, 5, 20, cfg)
     x = x0.detach()
     g = jt.grad(guidance.cosine_style_loss(psi(x), psi_ref), x).numpy()
