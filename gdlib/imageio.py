@@ -30,27 +30,41 @@ class StyleSet:
     meta: dict = field(default_factory=dict)
 
 
-def load_image(path: str | Path, size: int = 32) -> np.ndarray:
-    """Any image file -> float32 [3, size, size] in [-1, 1]: EXIF orientation applied, 16-bit and CMYK converted, alpha
-    composited over white, resized (shorter side) and centre-cropped. Unreadable files and decompression bombs (more
-    than PIL.Image.MAX_IMAGE_PIXELS pixels) are a ValueError naming the file."""
+def open_rgb(path: str | Path):
+    """Any image file -> (PIL RGB image, notes on what was converted): EXIF orientation applied, 16-bit / CMYK /
+    palette / alpha converted (alpha over white). Unreadable files and decompression bombs (more than
+    PIL.Image.MAX_IMAGE_PIXELS pixels, refused before decoding) are a ValueError naming the file."""
     import warnings
 
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
+    notes = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, do not decode, a bomb
             with Image.open(path) as im:
                 im.load()
+                orientation = im.getexif().get(0x0112, 1)
+                if orientation not in (0, 1):
+                    notes.append(f"turned upright (EXIF orientation {orientation})")
                 im = ImageOps.exif_transpose(im)          # phone photos: honour the camera's orientation tag
-                im = _to_rgb(im)
+                if im.mode != "RGB":
+                    notes.append(f"converted from {im.mode} to RGB")
+                return _to_rgb(im), notes
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ValueError(f"refusing image {path}: {e} Shrink it first (the course works at {size} px).") from e
+        raise ValueError(f"refusing image {path}: {e} Shrink it first.") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}. "
                          "Remove the file or re-save it as PNG/JPEG.") from e
+
+
+def load_image(path: str | Path, size: int = 32) -> np.ndarray:
+    """Any image file -> float32 [3, size, size] in [-1, 1]: read by open_rgb (EXIF, 16-bit, CMYK, alpha; bombs and
+    unreadable files refused naming the file), resized (shorter side) and centre-cropped."""
+    from PIL import Image
+
+    im, _ = open_rgb(path)
     w, h = im.size
     if w < 1 or h < 1:
         raise ValueError(f"image {path} is empty ({w}x{h})")

@@ -182,29 +182,15 @@ def prepare_folder(src: str | Path, out: str | Path, config: PrepareConfig | Non
 
 
 def _read(path: Path):
-    """A PIL RGB image upright, and notes on what was converted; ValueError naming the file if unreadable."""
-    import warnings
+    """gdlib.imageio.open_rgb, with its error text shortened to the reason (the report names the file)."""
+    from .imageio import open_rgb
 
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    from .imageio import _to_rgb
-
-    notes = []
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                if im.getexif().get(0x0112, 1) not in (0, 1):
-                    notes.append(f"turned upright (EXIF orientation {im.getexif().get(0x0112)})")
-                im = ImageOps.exif_transpose(im)
-                if im.mode != "RGB":
-                    notes.append(f"converted from {im.mode} to RGB")
-                return _to_rgb(im), notes
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ValueError(f"refused: {e}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"unreadable ({type(e).__name__}: {e})") from None
+        return open_rgb(path)
+    except ValueError as err:
+        msg = str(err)
+        raise ValueError("refused: " + msg.split(": ", 1)[1] if msg.startswith("refusing") else
+                         "unreadable (" + msg.split(": ", 1)[1] + ")") from None
 
 
 def _square(im, size: int):
