@@ -275,10 +275,10 @@ for metric in ("leakage", "content_accuracy", "style"):
 effect = {o: paired_difference(pooled(o, "decoupled"), pooled(o, "instance")) for o in ("leaked", "correct")}
 for o, name in (("leaked", "leakage"), ("correct", "content accuracy")):
     print(f"decoupled minus plain, {name}: {format_interval(effect[o])} (95% interval over objects)")
-# on this one set: decoupled captions cost no content accuracy and leaked no more than plain ones (point estimates;
-# the intervals over 12 objects hold zero, so the size of the gain is for the powered run of notebook 06 to measure)
-assert mean_over_prior("content_accuracy", "decoupled") >= mean_over_prior("content_accuracy", "instance")
-assert mean_over_prior("leakage", "decoupled") <= mean_over_prior("leakage", "instance")
+# what the intervals over the 12 objects support on this one set: decoupled captions did not cost more than 0.1 of
+# content accuracy and did not add more than 0.1 of leakage (both intervals hold zero: the size of the gain is for the
+# powered run of notebook 06 to measure)
+assert effect["correct"]["lo"] > -0.1 and effect["leaked"]["hi"] < 0.1, effect
 
 # %% [markdown]
 # Read the printed numbers before the story. On this set the plain instance-token captions leaked a little (their model

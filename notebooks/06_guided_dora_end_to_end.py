@@ -149,10 +149,8 @@ steps = recipe.ingredient_steps(result)       # paired bootstrap over the 4 test
 for step, r in steps.items():
     print(f"{step:<36} dStyle {format_interval(r['style'])}   dFinal {format_interval(r['final'])}")
 print(f"mean Final: Guided DoRA {mean['guided_dora']['final']:.3f} vs the baseline {mean['baseline']['final']:.3f}")
-# what this live run shows in the point estimates, as the powered run does (Section 5): guidance moves Style toward the
-# references with and without decoupling; decoupled captions lower leakage and raise Final over the instance token
-assert mean["guided_dora"]["style"] > mean["dora_decoupled"]["style"] and mean["dora_rb"]["style"] > mean["dora"]["style"]
-assert mean["dora_decoupled"]["leakage"] < mean["dora"]["leakage"] and mean["dora_decoupled"]["final"] > mean["dora"]["final"]
+# the one step whose live interval excludes zero, as in the powered run (Section 5): decoupled captions raise Final
+assert steps["+ decoupled prompts"]["final"]["lo"] > 0, steps["+ decoupled prompts"]
 
 # %% [markdown]
 # Read these live deltas with their intervals: one seed x four styles x six prompts is a small sample, and most
