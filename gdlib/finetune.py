@@ -28,7 +28,8 @@ from . import runtime
 jt = runtime.setup_jittor()
 
 from .adapters import DEFAULT_TARGETS  # noqa: E402
-from .checkpoint import load_tensors, optimizer_tensors, restore_optimizer, save_tensors  # noqa: E402
+from .checkpoint import load_tensors, save_tensors  # noqa: E402
+from .core import count_skipped, denoising_loss, guarded_step, load_run, min_snr_weights, noised_batch, save_run  # noqa: E402
 from .pipeline import DEFAULT_BASE, DEFAULT_GUIDANCE, TextToImage  # noqa: E402
 
 ADAPTER_KINDS = ("lora", "dora", "full", "custom")
@@ -145,9 +146,26 @@ def build_captions(model: TextToImage, objects: Sequence[str], cfg: StyleConfig,
     return {"captions": captions, "token": token, "new_tokens": new, "caption_mode": cfg.caption_mode, **attrs}
 
 
-def style_prompt(info: dict, obj: str) -> str:
-    """The inference prompt for object `obj` with a fine-tuned style (info from finetune_style / load_style)."""
-    return P.inference_prompt(info["caption_mode"], obj, info.get("token"), style_words=info.get("style_words", []))
+def concept_info(info: dict, concept: str | int | None = None) -> dict:
+    """One concept of a style file's info: by folder id (sid) or index; None: the first (the only one unless the
+    file was trained jointly on several folders or merged by `gdlib merge`)."""
+    concepts = info.get("concepts") or [info]  # files written before joint training hold one concept at top level
+    if concept is None:
+        return concepts[0]
+    if isinstance(concept, int):
+        return concepts[concept]
+    for c in concepts:
+        if str(c.get("sid")) == str(concept) or c.get("token") == concept:
+            return c
+    raise ValueError(f"no concept {concept!r} in this style file; it holds "
+                     f"{[c.get('sid') for c in concepts]} (tokens {[c.get('token') for c in concepts]})")
+
+
+def style_prompt(info: dict, obj: str, concept: str | int | None = None) -> str:
+    """The inference prompt for object `obj` with a fine-tuned style (info from finetune_style / load_style); for a
+    multi-concept file, `concept` (folder id, token or index) picks which style."""
+    c = concept_info(info, concept)
+    return P.inference_prompt(info["caption_mode"], obj, c.get("token"), style_words=c.get("style_words", []))
 
 
 # --------------------------------------------------------------------------------------------- prior images
@@ -334,35 +352,34 @@ def _ckpt_path(out: Path) -> Path:
     return out.with_name(out.name.replace(".safetensors", "") + ".ckpt.safetensors")
 
 
-def _save_ckpt(path: Path, params: list, opt, state: dict, run_key: str) -> None:
-    tensors = {f"param.{i}": p.numpy() for i, p in enumerate(params)}
-    tensors.update(optimizer_tensors(opt))
-    save_tensors(path, tensors, {"run_key": run_key, "state": json.dumps({**state, "opt_n_step": int(opt.n_step)})})
+def _style_sets(style, size: int) -> list[dict]:
+    many = isinstance(style, (list, tuple))
+    sets = [s if isinstance(s, dict) else load_style_folder(s, size) for s in (style if many else [style])]
+    if not sets:
+        raise ValueError("finetune_style: no style folder given")
+    for ds in sets:
+        if ds["images"].shape[-1] != size:
+            raise ValueError(f"style images of {ds.get('path', ds.get('sid'))} are {ds['images'].shape[-1]} px but "
+                             f"resolution is {size}")
+        if len(ds["objects"]) < 2:
+            raise ValueError("few-shot style fine-tuning needs at least 2 images per style")
+    sids = [str(ds.get("sid") or "00") for ds in sets]
+    if len(set(sids)) != len(sids):
+        raise ValueError(f"joint training needs style folders with distinct names (ids), got {sids}")
+    return sets
 
 
-def _restore_ckpt(path: Path, params: list, opt, run_key: str) -> dict:
-    tensors, meta = load_tensors(path)
-    if meta.get("run_key") != run_key:
-        raise ValueError(f"{path} belongs to another fine-tune (other base, folder or options); delete it or choose "
-                         "another --out to start afresh, or rerun the original command to resume")
-    for i, p in enumerate(params):
-        p.update(jt.array(tensors[f"param.{i}"]))
-    state = json.loads(meta["state"])
-    restore_optimizer(opt, tensors, state.pop("opt_n_step"))
-    return state
-
-
-def finetune_style(style: str | os.PathLike | dict, out: str | os.PathLike | None = None,
+def finetune_style(style: str | os.PathLike | dict | Sequence, out: str | os.PathLike | None = None,
                    config: StyleConfig | None = None, model: TextToImage | None = None,
                    base: str | os.PathLike = DEFAULT_BASE, cache_dir: str | os.PathLike | None = None,
                    progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Fine-tune one style (a folder, or a dict from load_style_folder) on the base model; with `out`, write the
     style file there and resume from its checkpoint. Returns dict(model, info, history, path).
 
-    The model is changed in place (pass a fresh copy, or let `base` be loaded)."""
+    A list of folders trains them jointly (Custom Diffusion's multi-concept training, Kumari et al. 2023, Sec. 3.2):
+    caption mode 'instance', each folder's captions with its own token style_{sid}; info["concepts"] lists them
+    (style_prompt(info, obj, concept=sid)). The model is changed in place (pass a fresh copy, or let `base` load)."""
     from tqdm.auto import tqdm
-
-    from .train import count_skipped, guarded_step, min_snr_weights, training_target
 
     cfg = config or StyleConfig()
     if cfg.steps < 0 or cfg.batch_size < 1 or cfg.lr <= 0 or cfg.prior_weight < 0:
@@ -373,14 +390,22 @@ def finetune_style(style: str | os.PathLike | dict, out: str | os.PathLike | Non
     if model is None:
         model, base_path = load_base(base), str(base)
     size = cfg.resolution or model.config.unet.image_size
-    ds = style if isinstance(style, dict) else load_style_folder(style, size)
-    if ds["images"].shape[-1] != size:
-        raise ValueError(f"style images are {ds['images'].shape[-1]} px but resolution is {size}")
-    if len(ds["objects"]) < 2:
-        raise ValueError("few-shot style fine-tuning needs at least 2 images")
-    keys = [k for k in (ds.get("style"), ds.get("sid")) if k]
+    sets = _style_sets(style, size)
+    if len(sets) > 1 and (cfg.caption_mode != "instance" or cfg.token is not None):
+        raise ValueError("joint training of several style folders needs caption mode 'instance' and no fixed "
+                         "--token: each folder gets its own token style_{folder id}")
     fp = model_fingerprint(model)
-    caps = build_captions(model, ds["objects"], cfg, keys, str(ds.get("sid") or "00"))
+    concepts, captions, new_tokens = [], [], []
+    for ds in sets:
+        keys = [k for k in (ds.get("style"), ds.get("sid")) if k]
+        caps = build_captions(model, ds["objects"], cfg, keys, str(ds.get("sid") or "00"))
+        concepts.append({"sid": ds.get("sid"), "style": ds.get("style"), "token": caps["token"],
+                         "objects": ds["objects"], "attributes": caps["attributes"],
+                         "style_words": caps["style_words"]})
+        captions += caps["captions"]
+        new_tokens += [w for w in caps["new_tokens"] if w not in new_tokens]
+    objects = [o for ds in sets for o in ds["objects"]]
+    x_inst = np.concatenate([ds["images"] for ds in sets]).astype(np.float32)
     class_x, class_caps = None, []
     if cfg.prior_weight > 0:
         objs = cfg.class_objects
@@ -390,33 +415,38 @@ def finetune_style(style: str | os.PathLike | dict, out: str | os.PathLike | Non
         P.check_words(model.tokenizer, objs, what="class objects")
         class_x, class_caps = class_images(model, objs, cfg.num_class_images, cfg.class_steps, cfg.class_guidance,
                                            cfg.seed, cache_dir, fp, log)
-    parts = _prepare(model, cfg, caps["new_tokens"])
+    parts = _prepare(model, cfg, new_tokens)
     params = parts["params"]
-    info = {"adapter": cfg.adapter, "caption_mode": cfg.caption_mode, "token": caps["token"],
-            "attributes": caps["attributes"], "style_words": caps["style_words"], "new_tokens": caps["new_tokens"],
-            "train_text_encoder": cfg.train_text_encoder, "captions": caps["captions"], "objects": ds["objects"],
-            "sid": ds.get("sid"), "style": ds.get("style"), "base_fingerprint": fp, "base_path": base_path,
-            "config": asdict(cfg)}
+    first = concepts[0]
+    info = {"adapter": cfg.adapter, "caption_mode": cfg.caption_mode, "token": first["token"],
+            "attributes": first["attributes"], "style_words": first["style_words"], "new_tokens": new_tokens,
+            "train_text_encoder": cfg.train_text_encoder, "captions": captions, "objects": objects,
+            "sid": first["sid"], "style": first["style"], "concepts": concepts, "base_fingerprint": fp,
+            "base_path": base_path, "config": asdict(cfg)}
     opt = jt.optim.AdamW(params, cfg.lr, weight_decay=0.0)
-    run_key = hashlib.sha256(json.dumps([fp, {k: v for k, v in asdict(cfg).items() if k != "steps"},
-                                         caps["captions"], ds["objects"],
-                                         hashlib.sha256(ds["images"].tobytes()).hexdigest()]).encode()).hexdigest()[:16]
+    run = {"base": fp, "config": {k: v for k, v in asdict(cfg).items() if k not in ("steps", "checkpoint_every")},
+           "captions": captions, "objects": objects, "images": hashlib.sha256(x_inst.tobytes()).hexdigest()[:16]}
     state = {"step": 0, "elapsed": 0.0, "history": {"step": [], "loss": [], "prior_loss": []}}
     out = Path(out) if out is not None else None
     ckpt = _ckpt_path(out) if out is not None else None
     if ckpt is not None and ckpt.is_file():
-        state = _restore_ckpt(ckpt, params, opt, run_key)
+        tensors, state, _ = load_run(ckpt, opt, run)
+        for i, p in enumerate(params):
+            p.update(jt.array(tensors[f"param.{i}"]))
         _keep_frozen_rows(model, parts["row_mask"])
         log(f"resumed from {ckpt} at step {state['step']}")
-    x_inst = ds["images"].astype(np.float32)
-    ids_inst = model.tokenizer.encode(caps["captions"], strict=True)
+    ids_inst = model.tokenizer.encode(captions, strict=True)
     ids_cls = model.tokenizer.encode(class_caps, strict=True) if class_caps else None
     text_trains = cfg.train_text_encoder or parts["row_mask"] is not None
-    T, B = model.config.num_train_timesteps, cfg.batch_size
+    B = cfg.batch_size
     bar = tqdm(total=cfg.steps, initial=min(state["step"], cfg.steps), disable=not progress, desc="train-style",
                mininterval=2)
     t0, elapsed0, hist = time.time(), state["elapsed"], state["history"]
     bad_steps = 0
+
+    def checkpoint() -> None:
+        save_run(ckpt, {f"param.{i}": p.numpy() for i, p in enumerate(params)}, opt, state, run)
+
     while state["step"] < cfg.steps:
         step = state["step"]
         rng = np.random.default_rng([cfg.seed, step])  # per step: a resumed run draws the same batches
@@ -428,18 +458,12 @@ def finetune_style(style: str | os.PathLike | dict, out: str | os.PathLike | Non
         if class_x is not None:
             jdx = rng.integers(0, len(class_x), B)
             x0, ids, n_cls = np.concatenate([x0, class_x[jdx]]), np.concatenate([ids, ids_cls[jdx]]), B
-        n = len(x0)
-        eps = rng.standard_normal(x0.shape).astype(np.float32)
-        t = rng.integers(0, T, n)
-        x_t = model.schedule.add_noise(x0, eps, t).astype(np.float32)
-        target = training_target(model, x0, eps, t).astype(np.float32)
-        w = min_snr_weights(model.schedule.alphas_cumprod[t], cfg.min_snr_gamma,
-                            model.config.prediction_type).astype(np.float32)
+        x_t, t, target = noised_batch(model.schedule, x0, rng)
+        w = min_snr_weights(model.schedule.alphas_cumprod[t], cfg.min_snr_gamma, model.config.prediction_type)
         context = model.text_encoder(ids.astype(np.int32))
         if not text_trains:
             context = context.stop_grad()
-        pred = model.unet(jt.array(x_t), jt.array(t.astype(np.float32)), context)
-        per_sample = ((pred - jt.array(target)) ** 2).mean(dims=(1, 2, 3)) * jt.array(w)
+        per_sample = denoising_loss(model.unet, x_t, t, context, target, w)
         inst_loss = per_sample[:B].mean()
         loss = inst_loss
         if n_cls:
@@ -461,7 +485,7 @@ def finetune_style(style: str | os.PathLike | dict, out: str | os.PathLike | Non
         bar.set_postfix(loss=f"{np.mean(hist['loss'][-20:]):.4f}")
         if ckpt is not None and cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 \
                 and state["step"] < cfg.steps:
-            _save_ckpt(ckpt, params, opt, state, run_key)
+            checkpoint()
     bar.close()
     for p in model.parameters():
         p.stop_grad()
@@ -469,7 +493,7 @@ def finetune_style(style: str | os.PathLike | dict, out: str | os.PathLike | Non
                 final_loss=float(np.mean(hist["loss"][-20:])) if hist["loss"] else None)
     path = None
     if out is not None:
-        _save_ckpt(ckpt, params, opt, state, run_key)
+        checkpoint()
         path = save_style(out, model, info)
         log(f"wrote {path} after {state['step']} steps ({state['elapsed'] / 60:.1f} min)")
     return {"model": model, "info": info, "history": hist, "path": path}

@@ -20,7 +20,9 @@ from . import runtime
 jt = runtime.setup_jittor()
 
 from . import kernels  # noqa: E402
-from .checkpoint import load_tensors, optimizer_tensors, restore_optimizer, save_tensors  # noqa: E402
+from .checkpoint import save_tensors  # noqa: E402
+from .core import (count_skipped, denoising_loss, guarded_step, load_run, min_snr_weights, noised_batch,  # noqa: E402
+                   save_run)
 from .models.config import ModelConfig, TextConfig, UNetConfig  # noqa: E402
 from .pipeline import DEFAULT_GUIDANCE, TextToImage  # noqa: E402
 
@@ -64,75 +66,11 @@ def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
     return cfg.lr * warm * (cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * cos)
 
 
-def min_snr_weights(alpha_bar: np.ndarray, gamma: float, prediction_type: str) -> np.ndarray:
-    """Min-SNR-gamma loss weights (Hang et al. 2023, Eq. 9): min(SNR, g)/SNR for eps, min(SNR, g)/(SNR+1) for v."""
-    snr = alpha_bar / (1.0 - alpha_bar)
-    if gamma <= 0:
-        return np.ones_like(snr)
-    if prediction_type == "epsilon":
-        return np.minimum(snr, gamma) / snr
-    if prediction_type == "v_prediction":
-        return np.minimum(snr, gamma) / (snr + 1.0)
-    return np.minimum(snr, gamma)
-
-
-def training_target(model: TextToImage, x0: np.ndarray, eps: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """What the UNet must output: eps (epsilon) or v = sqrt(abar) eps - sqrt(1-abar) x0 (v_prediction)."""
-    pt = model.config.prediction_type
-    if pt == "epsilon":
-        return eps
-    if pt == "v_prediction":
-        return model.schedule.velocity(x0, eps, t)
-    raise ValueError(f"pretraining supports prediction_type 'epsilon' or 'v_prediction', got {pt!r}")
-
-
 def ema_update(ema_params: list, params: list, decay: float) -> None:
     """theta_ema <- decay theta_ema + (1 - decay) theta."""
     for pe, p in zip(ema_params, params):
         pe.update((pe * decay + p.detach() * (1.0 - decay)).stop_grad())
     jt.sync(ema_params)
-
-
-MAX_BAD_STEPS = 3  # non-finite steps in a row before a run stops
-
-
-def guarded_step(opt, loss: "jt.Var", grad_clip: float) -> tuple[float, float, bool]:
-    """Backward, clip and update only if the loss and the gradient norm are finite; returns (loss, norm, updated).
-
-    A non-finite step leaves weights and optimizer moments as they were (its gradients are dropped), so one bad
-    batch costs one step instead of the run; the caller decides when too many in a row is an error."""
-    opt.backward(loss)
-    norm = kernels.adamw.grad_norm(opt)
-    jt.sync([loss] if norm is None else [loss, norm])
-    loss_val = float(loss.item())
-    norm_val = 0.0 if norm is None else float(norm.item())
-    if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
-        opt.zero_grad()
-        opt.n_step -= 1  # the dropped backward does not count for Adam's bias correction
-        if getattr(opt, "_clip", None) is not None:
-            opt._clip = None
-        return loss_val, norm_val, False
-    if grad_clip > 0:
-        if isinstance(opt, kernels.AdamW):
-            opt.clip_grad_norm(grad_clip, total_norm=norm)
-        else:
-            opt.clip_grad_norm(grad_clip)
-    opt.step()
-    return loss_val, norm_val, True
-
-
-def count_skipped(bad_steps: int, loss_val: float, norm_val: float, step: int, lr: float, ckpt: Path | None,
-                  log: Callable[[str], None]) -> int:
-    """Log a skipped non-finite step and return the new count in a row; at MAX_BAD_STEPS raise FloatingPointError."""
-    bad_steps += 1
-    log(f"\nstep {step}: loss {loss_val}, gradient norm {norm_val}: not finite, update skipped ({bad_steps} in a row)")
-    if bad_steps >= MAX_BAD_STEPS:
-        where = f"the last good checkpoint is {ckpt} (if any); " if ckpt is not None else ""
-        raise FloatingPointError(
-            f"loss is {loss_val} (gradient norm {norm_val}) at step {step}, {MAX_BAD_STEPS} steps in a row "
-            f"(lr {lr:.2e}); the weights were not updated by them. {where}check the data for NaN, lower --lr or "
-            "keep --grad-clip on, then rerun to resume.")
-    return bad_steps
 
 
 def _load_data(cfg: TrainConfig, model: TextToImage) -> dict:
@@ -173,34 +111,17 @@ def batch_rng(cfg: TrainConfig, step: int, attempt: int = 0) -> np.random.Genera
     return np.random.default_rng([int(cfg.seed), 1000003, int(step), int(attempt)])
 
 
-def save_checkpoint(path: Path, model: TextToImage, ema: TextToImage, opt, state: dict) -> Path:
-    """Model, EMA, AdamW moments and loop state in one safetensors file (atomic)."""
+def save_checkpoint(path: Path, model: TextToImage, ema: TextToImage, opt, state: dict, cfg: TrainConfig) -> Path:
+    """Model, EMA, AdamW moments, loop state and the run definition in one safetensors file (atomic)."""
     tensors = {"model." + k: v for k, v in model.state().items()}
     tensors.update({"ema." + k: v for k, v in ema.state().items()})
-    tensors.update(optimizer_tensors(opt))
-    meta = {**model.metadata(), "train_state": json.dumps({**state, "opt_n_step": int(opt.n_step)})}
-    return save_tensors(path, tensors, meta)
+    return save_run(path, tensors, opt, state, run_definition(cfg), model.metadata())
 
 
-def _restore(path: Path, model: TextToImage, ema: TextToImage, opt, cfg: TrainConfig | None = None,
-             log: Callable[[str], None] = print) -> dict:
-    tensors, meta = load_tensors(path)
-    if meta.get("config") != model.config.to_json():
-        raise ValueError(f"{path} was trained with a different model config; use another --out directory "
-                         f"or the same model options (saved: {meta.get('config')})")
-    saved = json.loads(meta["train_state"]).get("run")
-    if cfg is not None and saved is not None:
-        now = run_definition(cfg)
-        differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        if differ:
-            raise ValueError(f"{path} belongs to a run with other options: {', '.join(f'{k} {saved.get(k)!r} -> {now.get(k)!r}' for k in differ)}; "
-                             "rerun with the original options to resume, or use another --out")
-    elif cfg is not None:
-        log(f"{path} predates run keys: resuming without checking the options")
+def _restore(path: Path, model: TextToImage, ema: TextToImage, opt, cfg: TrainConfig) -> dict:
+    tensors, state, _ = load_run(path, opt, run_definition(cfg))  # another run (model config included): ValueError
     model.load_state({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     ema.load_state({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    state = json.loads(meta["train_state"])
-    restore_optimizer(opt, tensors, state.pop("opt_n_step"))
     return state
 
 
@@ -242,11 +163,9 @@ def train_base(cfg: TrainConfig, progress: bool = True, log: Callable[[str], Non
     ema.load_state(model.state())
     params, ema_params = model.parameters(), ema.parameters()
     opt = kernels.AdamW(params, cfg.lr, weight_decay=cfg.weight_decay)  # fused step; jt.optim.AdamW when kernels are off
-    state = {"step": 0, "elapsed": 0.0, "rng": None, "history": {"step": [], "loss": [], "lr": []},
-             "run": run_definition(cfg)}
+    state = {"step": 0, "elapsed": 0.0, "history": {"step": [], "loss": [], "lr": []}}
     if ckpt.exists():
-        state = _restore(ckpt, model, ema, opt, cfg, log)
-        state["run"] = run_definition(cfg)
+        state = _restore(ckpt, model, ema, opt, cfg)
         log(f"resumed from {ckpt} at step {state['step']} ({state['elapsed'] / 60:.1f} min trained)")
     t_data = time.time()
     ds = _load_data(cfg, model)
@@ -258,7 +177,6 @@ def train_base(cfg: TrainConfig, progress: bool = True, log: Callable[[str], Non
     template_p = ds["template_p"]
     uncond_ids = model.tokenizer.encode([""])[0]
     abar_table = model.schedule.alphas_cumprod
-    T = model.config.num_train_timesteps
     budget = cfg.minutes * 60.0
     hist = state["history"]
     bar = tqdm(total=cfg.steps, initial=state["step"], disable=not progress, desc="train-base", mininterval=5)
@@ -270,18 +188,12 @@ def train_base(cfg: TrainConfig, progress: bool = True, log: Callable[[str], Non
         opt.lr = lr
         rng = batch_rng(cfg, step, bad_steps)
         idx = rng.integers(0, N, cfg.batch_size)
-        x0 = images[idx]
-        eps = rng.standard_normal(x0.shape).astype(np.float32)
-        t = rng.integers(0, T, cfg.batch_size)
-        x_t = model.schedule.add_noise(x0, eps, t).astype(np.float32)
-        target = training_target(model, x0, eps, t).astype(np.float32)
+        x_t, t, target = noised_batch(model.schedule, images[idx], rng)
         drop = rng.random(cfg.batch_size) < cfg.cond_drop
         k = rng.choice(len(template_p), size=cfg.batch_size, p=template_p)
         ids_b = np.where(drop[:, None], uncond_ids[None, :], ids[k, idx]).astype(np.int32)
         w = min_snr_weights(abar_table[t], cfg.min_snr_gamma, model.config.prediction_type).astype(np.float32)
-        pred = model.unet(jt.array(x_t), jt.array(t.astype(np.float32)), model.text_encoder(ids_b))
-        per_sample = ((pred - jt.array(target)) ** 2).mean(dims=(1, 2, 3))
-        loss = (per_sample * jt.array(w)).mean()
+        loss = denoising_loss(model.unet, x_t, t, model.text_encoder(ids_b), target, w).mean()
         loss_val, norm_val, updated = guarded_step(opt, loss, cfg.grad_clip)
         if not updated:
             bad_steps = count_skipped(bad_steps, loss_val, norm_val, step, lr, ckpt, log)
@@ -299,11 +211,10 @@ def train_base(cfg: TrainConfig, progress: bool = True, log: Callable[[str], Non
             _grid(ema, ds, out / "samples" / f"step_{state['step']:06d}.png", cfg, log)
         if time.time() - t_last_ckpt >= cfg.checkpoint_minutes * 60 or \
                 (cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0):
-            save_checkpoint(ckpt, model, ema, opt, {**state, "elapsed": elapsed0 + time.time() - t0})
+            save_checkpoint(ckpt, model, ema, opt, {**state, "elapsed": elapsed0 + time.time() - t0}, cfg)
             t_last_ckpt = time.time()
     bar.close()
-    state["rng"] = None
-    save_checkpoint(ckpt, model, ema, opt, state)
+    save_checkpoint(ckpt, model, ema, opt, state, cfg)
     log(f"stopped at step {state['step']} after {state['elapsed'] / 60:.1f} min; checkpoint {ckpt}")
     return {"model": model, "ema": ema, "history": hist, "state": state, "data_version": ds["data_version"],
             "styles": ds["styles"], "objects": ds["objects"], "templates": ds["templates"]}
@@ -446,4 +357,3 @@ def measure_accuracy_cli(model, styles, objects, n_per_pair, steps, guidance, te
     return measure_accuracy(model, styles, objects, n_per_pair, steps, guidance, seed=1234, template=template)
 
 
-from .finetune import StyleConfig, finetune_style  # noqa: E402,F401  few-shot style fine-tuning (gdlib.finetune)

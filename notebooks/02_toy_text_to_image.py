@@ -355,7 +355,7 @@ def train_tiny(steps):
     if out.returncode != 0:
         raise RuntimeError(out.stdout[-2000:] + out.stderr[-2000:])
     print("\n".join(line for line in out.stdout.splitlines() if line.startswith(("resumed", "stopped", "data"))))
-    return json.loads(load_tensors(f"{run_dir}/ckpt.safetensors")[1]["train_state"])
+    return json.loads(load_tensors(f"{run_dir}/ckpt.safetensors")[1]["state"])
 
 t0 = time.time()
 state = train_tiny(DEMO_STEPS)

@@ -161,7 +161,7 @@ def test_resume_continues_the_same_run(folder, tmp_path):
     np.testing.assert_allclose(resumed["history"]["loss"], straight["history"]["loss"], rtol=1e-4)
     np.testing.assert_allclose(_outputs(resumed["model"], "a style_00 painting of a car"),
                                _outputs(straight["model"], "a style_00 painting of a car"), atol=1e-4)
-    with pytest.raises(ValueError, match="another fine-tune"):
+    with pytest.raises(ValueError, match="other options: config.lr 0.005 -> 0.001"):
         F.finetune_style(folder, tmp_path / "b.safetensors", cfg(steps=4, caption_mode="instance", lr=1e-3),
                          model=tiny_model(), progress=False)
 
@@ -182,6 +182,29 @@ def test_custom_diffusion_trains_only_cross_attention_kv_and_the_token(folder, t
     F.load_style(fresh, res["path"])
     np.testing.assert_allclose(_outputs(fresh, "a sks painting of a car"), _outputs(model, "a sks painting of a car"),
                                atol=1e-5)
+
+
+def test_joint_training_of_two_folders_gives_each_its_own_token(tmp_path):
+    export_challenge(tmp_path / "two", styles=["watercolor", "mosaic"], per_style=3, size=16, categories=["animal", "animal"])
+    a, b = tmp_path / "two" / "00", tmp_path / "two" / "01"
+    with pytest.raises(ValueError, match="caption mode 'instance'"):
+        F.finetune_style([a, b], None, cfg(adapter="custom"), model=tiny_model(), progress=False)
+    model = tiny_model()
+    res = F.finetune_style([a, b], tmp_path / "ab.safetensors", cfg(adapter="custom", lr=1e-3, caption_mode="instance"),
+                           model=model, progress=False)
+    info = res["info"]
+    assert [c["token"] for c in info["concepts"]] == ["style_00", "style_01"]
+    assert info["new_tokens"] == ["style_00", "style_01"] and len(info["captions"]) == 6
+    assert sum("style_01" in c for c in info["captions"]) == 3
+    assert F.style_prompt(info, "cat", concept="01") == "a style_01 painting of a cat"
+    assert F.style_prompt(info, "cat") == "a style_00 painting of a cat"
+    with pytest.raises(ValueError, match="no concept"):
+        F.style_prompt(info, "cat", concept="07")
+    fresh = tiny_model()
+    loaded = F.load_style(fresh, res["path"])
+    assert loaded["concepts"] == info["concepts"]
+    for prompt in ("a style_00 painting of a car", "a style_01 painting of a car"):
+        np.testing.assert_allclose(_outputs(fresh, prompt), _outputs(model, prompt), atol=1e-5)
 
 
 def test_full_finetune_with_text_encoder_roundtrip(folder, tmp_path):
@@ -211,7 +234,3 @@ def test_cli_train_style(folder, tmp_path, capsys):
     assert card["command"].startswith("gdlib train-style") and card["steps"] == 2
     rc = F.main_train_style([str(tmp_path / "missing"), "--out", str(out), "--base", str(base)])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
-    from gdlib import cli
-    assert cli.COMMANDS["train-style"][0] == "gdlib.finetune:main_train_style"
-    from gdlib import train
-    assert train.finetune_style is F.finetune_style

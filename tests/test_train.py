@@ -11,6 +11,7 @@ from gdlib import runtime
 jt = runtime.setup_jittor()
 
 from gdlib import toyworld  # noqa: E402
+from gdlib import core  # noqa: E402
 from gdlib import train as T  # noqa: E402
 from gdlib.models.config import ModelConfig, TextConfig, UNetConfig  # noqa: E402
 from gdlib.pipeline import TextToImage  # noqa: E402
@@ -30,10 +31,10 @@ def tiny_train_config(out_dir, **kw) -> T.TrainConfig:
 def test_min_snr_weights_match_the_definition():
     abar = np.array([0.999, 0.9, 0.5, 0.01])
     snr = abar / (1 - abar)
-    np.testing.assert_allclose(T.min_snr_weights(abar, 5.0, "epsilon"), np.minimum(snr, 5) / snr)
-    np.testing.assert_allclose(T.min_snr_weights(abar, 5.0, "v_prediction"), np.minimum(snr, 5) / (snr + 1))
-    np.testing.assert_allclose(T.min_snr_weights(abar, 0.0, "epsilon"), 1.0)
-    assert T.min_snr_weights(abar, 5.0, "epsilon")[-1] == 1.0  # noisy steps keep full weight
+    np.testing.assert_allclose(core.min_snr_weights(abar, 5.0, "epsilon"), np.minimum(snr, 5) / snr)
+    np.testing.assert_allclose(core.min_snr_weights(abar, 5.0, "v_prediction"), np.minimum(snr, 5) / (snr + 1))
+    np.testing.assert_allclose(core.min_snr_weights(abar, 0.0, "epsilon"), 1.0)
+    assert core.min_snr_weights(abar, 5.0, "epsilon")[-1] == 1.0  # noisy steps keep full weight
 
 
 def test_lr_warmup_then_cosine():
@@ -50,19 +51,26 @@ def test_ema_update_is_the_exponential_average():
     np.testing.assert_allclose(a.numpy(), 0.9 * np.array([1, 2]) + 0.1 * np.array([3, 6]), rtol=1e-6)
 
 
-def test_v_target_is_the_velocity():
+def test_noised_batch_is_eq4_with_the_v_target():
     cfg = ModelConfig(unet=UNetConfig(base_channels=16, channel_mult=(1,), attn_resolutions=(), groups=4, context_dim=16),
                       text=TextConfig(vocab=toyworld.vocabulary(), width=16, layers=1, heads=2),
                       prediction_type="v_prediction")
     m = TextToImage(cfg)
-    rng = np.random.default_rng(0)
-    x0, eps = rng.standard_normal((2, 3, 4, 4)), rng.standard_normal((2, 3, 4, 4))
-    t = np.array([10, 800])
+    x0 = np.random.default_rng(1).standard_normal((3, 3, 4, 4)).astype(np.float32)
+    x_t, t, target = core.noised_batch(m.schedule, x0, np.random.default_rng(0))
+    rng = np.random.default_rng(0)  # the documented draw order: eps, then t
+    eps = rng.standard_normal(x0.shape).astype(np.float32)
+    assert (t == rng.integers(0, m.config.num_train_timesteps, 3)).all()
     ab = m.schedule.alphas_cumprod[t][:, None, None, None]
-    np.testing.assert_allclose(T.training_target(m, x0, eps, t), np.sqrt(ab) * eps - np.sqrt(1 - ab) * x0)
-    m.config.prediction_type = "sample"
-    with pytest.raises(ValueError, match="epsilon"):
-        T.training_target(m, x0, eps, t)
+    np.testing.assert_allclose(x_t, np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(target, np.sqrt(ab) * eps - np.sqrt(1 - ab) * x0, rtol=1e-5, atol=1e-6)
+
+
+def test_run_differences_name_nested_options():
+    saved = {"lr": 0.002, "model": {"unet": {"base_channels": 16}}, "seed": 0}
+    now = {"lr": 0.001, "model": {"unet": {"base_channels": 8}}, "seed": 0}
+    assert core.run_differences(saved, now) == ["lr 0.002 -> 0.001", "model.unet.base_channels 16 -> 8"]
+    assert core.run_differences(saved, saved) == []
 
 
 def test_tiny_run_learns_checkpoints_and_resumes(tmp_path):
@@ -88,7 +96,7 @@ def test_tiny_run_learns_checkpoints_and_resumes(tmp_path):
     # a different model config in the same run directory is refused with a clear message
     other = tiny_train_config(tmp_path, steps=44)
     other.model.unet.base_channels = 8
-    with pytest.raises(ValueError, match="different model config"):
+    with pytest.raises(ValueError, match="other options: .*model.unet.base_channels 16 -> 8"):
         T.train_base(other, progress=False, log=lambda s: None)
 
 
@@ -107,14 +115,14 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
 
 def test_one_non_finite_batch_is_skipped_without_touching_the_weights(tmp_path, monkeypatch):
     """A single NaN batch costs one step: weights, Adam moments and the step count stay as they were."""
-    real, calls = T.training_target, []
+    real, calls = core.noised_batch, []
 
     def poisoned_once(*a, **k):
-        y = real(*a, **k)
+        x_t, t, target = real(*a, **k)
         calls.append(1)
-        return y * np.nan if len(calls) == 2 else y
+        return (x_t, t, target * np.nan) if len(calls) == 2 else (x_t, t, target)
 
-    monkeypatch.setattr(T, "training_target", poisoned_once)
+    monkeypatch.setattr(T, "noised_batch", poisoned_once)
     logs = []
     res = T.train_base(tiny_train_config(tmp_path, steps=3), progress=False, log=logs.append)
     assert res["state"]["step"] == 3 and len(calls) == 4  # 3 updates + 1 skipped batch

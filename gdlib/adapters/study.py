@@ -10,6 +10,7 @@ from .. import runtime
 
 jt = runtime.setup_jittor()
 
+from ..core import denoising_loss, noised_batch  # noqa: E402
 from .decomposition import layer_weights  # noqa: E402
 from .inject import DEFAULT_TARGETS, _matches, _resolve, inject, trainable_parameters  # noqa: E402
 
@@ -61,17 +62,11 @@ def finetune(model, images: np.ndarray, captions: Sequence[str], method: str = "
     rng = np.random.default_rng(seed)
     with jt.no_grad():
         context_all = model.encode(list(captions)).numpy()
-    sched, T = model.schedule, model.config.num_train_timesteps
     snapshots, losses = {0: w0}, []
     for step in range(1, steps + 1):
         idx = rng.integers(0, images.shape[0], size=batch_size)
-        x0 = images[idx]
-        eps = rng.standard_normal(x0.shape).astype(np.float32)
-        t = rng.integers(0, T, size=batch_size)
-        x_t = np.asarray(sched.add_noise(x0, eps, t), np.float32)
-        target = np.asarray(sched.training_target(x0, eps, t), np.float32)
-        pred = unet(jt.array(x_t), jt.array(t.astype(np.float32)), jt.array(context_all[idx]))
-        loss = ((pred - jt.array(target)) ** 2).mean()
+        x_t, t, target = noised_batch(model.schedule, images[idx], rng)
+        loss = denoising_loss(unet, x_t, t, jt.array(context_all[idx]), target).mean()
         opt.step(loss)
         losses.append(float(loss.item()))
         if callback is not None:
