@@ -1,9 +1,9 @@
 """The `gdlib` command line: one subcommand per job, each defined next to the code it runs.
 
-A subcommand is registered in COMMANDS as name -> "module:function". The module exposes
-`add_<function>_args(parser)`-free style: the function named here receives the parsed argv list
-(everything after the subcommand) and returns an exit code. Modules are imported lazily so that
-`gdlib --help` stays fast and a broken subcommand cannot break the others.
+A subcommand is registered in COMMANDS as name -> "module:function"; the function receives the argv list after
+the subcommand and returns an exit code. Its parser lives in gdlib.commands (Jittor-free, options derived from the
+config dataclasses of gdlib.config), so `gdlib <cmd> --help` and bad arguments are answered before the module is
+imported; modules are imported lazily so that a broken subcommand cannot break the others.
 """
 from __future__ import annotations
 
@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(`gdlib --help` lists them)")
     target, _ = COMMANDS[name]
     module, func = target.split(":")
+    from .commands import PARSERS
+    if name in PARSERS:  # --help and bad arguments are answered here, before the command's module loads Jittor
+        PARSERS[name]().parse_args(rest)
     try:
         fn = getattr(importlib.import_module(module), func)
         return int(fn(rest) or 0)

@@ -10,66 +10,29 @@ rows or text-encoder weights, and metadata (captions, inference template, base f
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .cliutil import Parser, fail  # noqa: E402
+from .cliutil import config_kwargs, fail  # noqa: E402
+from .config import (ADAPTER_KINDS, CUSTOM_TARGETS, DEFAULT_BASE, DEFAULT_GUIDANCE, STYLE_TARGETS,  # noqa: E402,F401
+                     StyleConfig)
 from . import prompts as P
 from . import runtime
 
 jt = runtime.setup_jittor()
 
-from .adapters import DEFAULT_TARGETS  # noqa: E402
 from .checkpoint import load_tensors, save_tensors  # noqa: E402
 from .core import count_skipped, denoising_loss, guarded_step, load_run, min_snr_weights, noised_batch, save_run  # noqa: E402
-from .pipeline import DEFAULT_BASE, DEFAULT_GUIDANCE, TextToImage  # noqa: E402
+from .pipeline import TextToImage  # noqa: E402
 
-ADAPTER_KINDS = ("lora", "dora", "full", "custom")
-# Custom Diffusion (Kumari et al. 2023): only the cross-attention key and value projections, full weights (diffusers'
-# train_custom_diffusion.py --freeze_model crossattn_kv), plus the new token's embedding
-CUSTOM_TARGETS = ("attn2.to_k", "attn2.to_v")
-# where a style adapter sits: the attention projections AND the residual blocks' 3x3 convolutions. Attention alone
-# (peft's usual choice, adapters.DEFAULT_TARGETS) learns little style on this UNet (notebook 03 measures both
-# placements); `gdlib sweep` compares them on the validation styles (gdlib/data/sweep/README.md).
-STYLE_TARGETS = tuple(DEFAULT_TARGETS) + ("conv1", "conv2")
 STYLE_KEY = "gdlib_style"
-
-
-@dataclass
-class StyleConfig:
-    """Knobs of one few-shot style fine-tune."""
-    adapter: str = "dora"                 # lora | dora | full (every UNet weight) | custom (cross-attention K/V)
-    rank: int = 4
-    alpha: float | None = None            # None: alpha = rank (the challenge baseline's choice)
-    targets: list[str] = field(default_factory=lambda: list(STYLE_TARGETS))
-    steps: int = 150
-    lr: float = 2e-3                      # adapters; full fine-tuning wants ~10x less
-    batch_size: int = 4
-    resolution: int | None = None         # None: the base model's image size
-    caption_mode: str = "decoupled"       # instance | dreambooth | decoupled (gdlib.prompts)
-    token: str | None = None              # None: the mode's default ("style_{sid}", "sks", none)
-    attributes: str | None = None         # attribute table path; None: gdlib/data/attributes.json
-    new_words: list[str] = field(default_factory=list)  # extra unknown words allowed as new tokens
-    prior_weight: float = 0.0             # lambda_prior; 0 turns prior preservation off
-    num_class_images: int = 30
-    class_objects: list[str] | None = None  # None: every ToyWorld object the tokenizer knows
-    class_steps: int = 20
-    class_guidance: float = DEFAULT_GUIDANCE
-    train_tokens: bool = True             # train the embeddings of new tokens
-    train_text_encoder: bool = False      # also fine-tune the whole text encoder (DreamBooth's option)
-    min_snr_gamma: float = 5.0
-    grad_clip: float = 1.0
-    flip: bool = True                     # random horizontal flips of the few-shot images
-    seed: int = 0
-    checkpoint_every: int = 50            # steps between resumable checkpoints (0: only at the end)
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -525,50 +488,18 @@ def score_style(model: TextToImage, info: dict, ref_images: np.ndarray, objects:
 
 
 # --------------------------------------------------------------------------------------------- CLI
-def _parser() -> argparse.ArgumentParser:
-    d = StyleConfig()
-    p = Parser(prog="gdlib train-style", description=(
-        "Fine-tune the base model on one style folder (STYLE_DIR/images/{object}.png). Rerun the same command "
-        "to resume from OUT's checkpoint (OUT without .safetensors + .ckpt.safetensors)."))
-    p.add_argument("style_dir", help="challenge style folder, e.g. toy_challenge/00")
-    p.add_argument("--out", required=True, help="style file to write, e.g. runs/styles/00.safetensors")
-    p.add_argument("--base", default=str(DEFAULT_BASE), help="base model (.safetensors export or train-base ckpt)")
-    p.add_argument("--adapter", default=d.adapter, choices=ADAPTER_KINDS)
-    p.add_argument("--rank", type=int, default=d.rank)
-    p.add_argument("--alpha", type=float, default=None, help="default: rank")
-    p.add_argument("--targets", default=",".join(d.targets), help="comma-separated module names to adapt")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--batch", type=int, default=d.batch_size)
-    p.add_argument("--resolution", type=int, default=None, help="default: the base model's image size")
-    p.add_argument("--captions", default=d.caption_mode, choices=P.MODES)
-    p.add_argument("--token", default=None, help="identifier (default: style_NN for instance, sks for dreambooth)")
-    p.add_argument("--attributes", default=None, help="attribute table JSON (default: gdlib/data/attributes.json)")
-    p.add_argument("--new-words", default="", help="comma-separated extra words to add as new tokens")
-    p.add_argument("--prior-weight", type=float, default=d.prior_weight, help="prior-preservation weight (0: off)")
-    p.add_argument("--class-images", type=int, default=d.num_class_images)
-    p.add_argument("--class-steps", type=int, default=d.class_steps)
-    p.add_argument("--no-train-tokens", action="store_true", help="keep new tokens' embeddings at their init")
-    p.add_argument("--train-text-encoder", action="store_true")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--cache-dir", default=None, help="class-image cache (default: $GDLIB_CACHE or ~/.cache/gdlib)")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
 def main_train_style(argv: list[str]) -> int:
     """`gdlib train-style STYLE_DIR --out FILE`: fine-tune, write the style file, print the inference prompt."""
-    a = _parser().parse_args(argv)
-    cfg = StyleConfig(adapter=a.adapter, rank=a.rank, alpha=a.alpha, targets=[t for t in a.targets.split(",") if t],
-                      steps=a.steps, lr=a.lr, batch_size=a.batch, resolution=a.resolution, caption_mode=a.captions,
-                      token=a.token, attributes=a.attributes,
-                      new_words=[w.strip().lower() for w in a.new_words.split(",") if w.strip()],
-                      prior_weight=a.prior_weight, num_class_images=a.class_images, class_steps=a.class_steps,
-                      train_tokens=not a.no_train_tokens, train_text_encoder=a.train_text_encoder, seed=a.seed,
-                      checkpoint_every=a.checkpoint_every)
+    from . import commands
+
+    a = commands.parse("train-style", argv)
     try:
-        res = finetune_style(a.style_dir, a.out, cfg, base=a.base, cache_dir=a.cache_dir, progress=not a.no_progress)
+        cfg = StyleConfig(**config_kwargs(a, commands.STYLE_OPTIONS))
+        cfg.new_words = [w.lower() for w in cfg.new_words]
+        if not cfg.targets:
+            raise ValueError("--targets needs at least one module name, e.g. to_q,to_k,to_v,to_out,conv1,conv2")
+        style = a.style_dir[0] if len(a.style_dir) == 1 else a.style_dir
+        res = finetune_style(style, a.out, cfg, base=a.base, cache_dir=a.cache_dir, progress=not a.no_progress)
     except (ValueError, FileNotFoundError) as err:
         return fail("gdlib train-style", err)
     info = res["info"]
@@ -577,10 +508,11 @@ def main_train_style(argv: list[str]) -> int:
 
     from .toyworld import DATA_VERSION
     card = {"command": "gdlib train-style " + " ".join(shlex.quote(x) for x in argv),
-            "data": f"style folder {a.style_dir} (style {info['style'] or 'unknown'}, objects {info['objects']}); "
-                    f"ToyWorld data version {DATA_VERSION} if it is a ToyWorld export",
+            "data": "; ".join(f"style folder {d} (style {c['style'] or 'unknown'}, objects {c['objects']})"
+                              for d, c in zip(a.style_dir, info["concepts"]))
+                    + f"; ToyWorld data version {DATA_VERSION} if it is a ToyWorld export",
             "base": {"path": a.base, "fingerprint": info["base_fingerprint"]},
-            "captions": info["captions"], "inference_prompt": style_prompt(info, "{object}"),
+            "captions": info["captions"], "inference_prompt": [style_prompt(info, "{object}", i) for i in range(len(info["concepts"]))],
             "steps": info["steps"], "train_minutes": info["train_minutes"],
             "metrics": {"final_loss_last20": info["final_loss"]}, "config": info["config"],
             "backend": f"{runtime.info()['backend']}, python {sys.version.split()[0]}"}
@@ -588,5 +520,7 @@ def main_train_style(argv: list[str]) -> int:
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     print(f"model card: {card_path}")
     print(f"captions: {info['captions']}")
-    print(f"inference prompt: {style_prompt(info, '{object}')!r}")
+    for i, c in enumerate(info["concepts"]):
+        print(f"inference prompt{' of ' + str(c['sid']) if len(info['concepts']) > 1 else ''}: "
+              f"{style_prompt(info, '{object}', i)!r}")
     return 0

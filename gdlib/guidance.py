@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -26,32 +26,10 @@ from . import runtime
 jt = runtime.setup_jittor()
 from jittor import nn  # noqa: E402
 
+from .config import RBConfig  # noqa: E402,F401  (re-exported)
 from .kernels import attention  # noqa: E402
 
 SAMPLERS = ("ddim", "ddpm")
-
-
-@dataclass
-class RBConfig:
-    """RB-Modulation knobs. Defaults: chosen by `gdlib sweep` on the validation styles (gdlib/data/sweep/README.md)
-    for the course's 20-step DDIM recipe; the official demo's are lam_style = lam_align = 1, eta 0.1, num_iter 3,
-    tau = every step (on Stable Cascade's latents)."""
-    lam_style: float = 10.0     # sweep: best of 0.1, 0.3, 1, 3, 10 (the largest tried: see the sweep's note)
-    lam_align: float = 1.0
-    lam_content: float = 0.0
-    num_iter: int = 3           # sweep: 3 beat 6
-    eta: float = 0.2            # Adam learning rate at step 0, decayed linearly: eta (1 - i / N); sweep: 0.05, 0.1, 0.2
-    tau: int | None = 10        # control the steps i < tau (None = every step); sweep: 10 of 20 tied with all 20
-
-    def __post_init__(self) -> None:
-        for k in ("lam_style", "lam_align", "lam_content", "eta"):
-            v = getattr(self, k)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"RBConfig.{k} must be a finite number >= 0, got {v!r}")
-        if int(self.num_iter) != self.num_iter or self.num_iter < 0:
-            raise ValueError(f"RBConfig.num_iter must be an integer >= 0, got {self.num_iter!r}")
-        if self.tau is not None and (int(self.tau) != self.tau or self.tau < 0):
-            raise ValueError(f"RBConfig.tau must be None (all steps) or an integer >= 0, got {self.tau!r}")
 
 
 def _var(x) -> "jt.Var":

@@ -10,25 +10,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .cliutil import Parser  # noqa: E402
 from . import runtime
 
 jt = runtime.setup_jittor()
 
+from .config import DEFAULT_BASE, DEFAULT_GUIDANCE  # noqa: E402,F401  (re-exported)
 from .checkpoint import load_module_state, load_tensors, module_state, save_tensors  # noqa: E402
 from .models.config import ModelConfig, TextConfig, UNetConfig  # noqa: E402
 from .models.text import TextEncoder, Tokenizer  # noqa: E402
 from .models.unet import UNet, count_parameters  # noqa: E402
 from .schedules import NoiseSchedule  # noqa: E402
-
-# Classifier-free guidance scale used by default: the best of a sweep on the shipped base model (gdlib/data/base model
-# card; notebook 02 re-measures it). This small model degrades at the usual 4-7.5 (colours saturate and clip).
-DEFAULT_GUIDANCE = 1.5
-
-# the shipped base checkpoint; GDLIB_BASE_CHECKPOINT points elsewhere (e.g. a run's exported weights)
-DEFAULT_BASE = Path(os.environ.get("GDLIB_BASE_CHECKPOINT") or
-                    Path(__file__).resolve().parent / "data" / "base" / "base.safetensors")
-
 
 class TextToImage:
     """Tokenizer, text encoder, UNet and the training noise schedule of the toy model."""
@@ -198,17 +189,10 @@ def measure_accuracy(model: TextToImage, styles: Sequence[str], objects: Sequenc
 
 def main_sample(argv: list[str]) -> int:
     """`gdlib sample`: prompts -> PNG grid (and optional per-image PNGs) with the base model."""
-    import argparse
 
-    p = Parser(prog="gdlib sample", description="Generate images with CFG + DDIM.")
-    p.add_argument("prompts", nargs="+", help='e.g. "a pixel painting of a cat"')
-    p.add_argument("--checkpoint", default=str(DEFAULT_BASE), help="a .safetensors written by TextToImage.save")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
-    p.add_argument("--n", type=int, default=1, help="images per prompt")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="outputs/sample.png")
-    a = p.parse_args(argv)
+    from .commands import parse
+
+    a = parse("sample", argv)
     model = TextToImage.load(a.checkpoint)
     prompts = [q for q in a.prompts for _ in range(a.n)]
     images = generate(model, prompts, a.steps, a.guidance, seed=a.seed)

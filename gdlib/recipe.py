@@ -13,21 +13,22 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .cliutil import Parser, fail  # noqa: E402
+from .cliutil import fail  # noqa: E402
+from .config import DEFAULT_BASE, DEFAULT_GUIDANCE, RBConfig, RecipeConfig  # noqa: E402,F401  (re-exported)
 from . import runtime
 
 jt = runtime.setup_jittor()
 
-from .finetune import StyleConfig, finetune_style, load_base, load_style_folder, style_prompt  # noqa: E402
+from .finetune import StyleConfig, concept_info, finetune_style, load_base, load_style_folder, style_prompt  # noqa: E402
 from .stats import format_interval, paired_difference  # noqa: E402
-from .guidance import RBConfig, stylize  # noqa: E402
-from .pipeline import DEFAULT_BASE, DEFAULT_GUIDANCE, generate  # noqa: E402
+from .guidance import stylize  # noqa: E402
+from .pipeline import generate  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -48,25 +49,6 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     # off the chain: guidance without decoupling, so each of the two can be judged on its own (shares dora's fine-tune)
     Variant("dora_rb", "dora", "instance", True, "DoRA + RB-Modulation, instance token (no decoupling)"),
 )}
-
-
-@dataclass
-class RecipeConfig:
-    """Knobs shared by every variant: fine-tuning budget and adapter placement (defaults: StyleConfig's), sampling,
-    RB-Modulation (defaults: RBConfig's). Every variant gets the same placement, so DoRA vs LoRA compares adapters."""
-    targets: tuple[str, ...] = tuple(StyleConfig().targets)
-    steps: int = StyleConfig.steps
-    rank: int = StyleConfig.rank
-    lr: float = StyleConfig.lr
-    batch_size: int = StyleConfig.batch_size
-    prior_weight: float = StyleConfig.prior_weight
-    attributes: str | None = None         # attribute table for decoupled captions (None: the shipped one)
-    sample_steps: int = 20
-    guidance_scale: float = DEFAULT_GUIDANCE
-    rb: RBConfig = field(default_factory=RBConfig)
-    psi: str = "gram"
-    afa: bool = False
-    seed: int = 0
 
 
 def variants(names: Sequence[str] | str | None = None) -> list[Variant]:
@@ -257,49 +239,26 @@ def ablation_markdown(result: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------- CLI
-def _add_common(p) -> None:
-    d = RecipeConfig()
-    p.add_argument("--base", default=str(DEFAULT_BASE), help="base model (.safetensors export or train-base ckpt)")
-    p.add_argument("--steps", type=int, default=d.steps, help="fine-tuning steps per style")
-    p.add_argument("--rank", type=int, default=d.rank)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--targets", default=",".join(d.targets), help="module names every variant adapts (comma list)")
-    p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="DDIM steps")
-    p.add_argument("--cfg", type=float, default=d.guidance_scale, help="classifier-free guidance scale")
-    p.add_argument("--style-weight", type=float, default=d.rb.lam_style, help="RB-Modulation lam_style")
-    p.add_argument("--num-iter", type=int, default=d.rb.num_iter, help="RB-Modulation Adam steps per reverse step")
-    p.add_argument("--eta", type=float, default=d.rb.eta, help="RB-Modulation Adam step size at the first step")
-    p.add_argument("--psi", default=d.psi, choices=["gram", "csd"], help="style descriptor for the guidance")
-    p.add_argument("--afa", action="store_true", help="also aggregate the references' attention features")
-    p.add_argument("--seed", type=int, default=d.seed)
-
-
 def _cfg_from(a) -> RecipeConfig:
-    targets = tuple(t.strip() for t in a.targets.split(",") if t.strip())
-    if not targets:
+    """RecipeConfig from the options gdlib.commands derives from RecipeConfig and RBConfig."""
+    from .cliutil import config_kwargs
+    from .commands import RB_OPTIONS, RECIPE_OPTIONS
+
+    kw = config_kwargs(a, RECIPE_OPTIONS)
+    kw["targets"] = tuple(kw["targets"])
+    if not kw["targets"]:
         raise ValueError("--targets needs at least one module name, e.g. to_q,to_k,to_v,to_out,conv1,conv2")
-    return RecipeConfig(targets=targets, steps=a.steps, rank=a.rank, lr=a.lr, sample_steps=a.sample_steps,
-                        guidance_scale=a.cfg, rb=replace(RecipeConfig().rb, lam_style=a.style_weight,
-                                                         num_iter=a.num_iter, eta=a.eta),
-                        psi=a.psi, afa=a.afa, seed=a.seed)
+    return RecipeConfig(**kw, rb=replace(RBConfig(), **config_kwargs(a, RB_OPTIONS)))
 
 
 def main_generate(argv: list[str]) -> int:
     """`gdlib generate STYLE_DIR --out OUT`: prompt.json (+ a style file, + guidance toward STYLE_DIR's images) ->
     OUT/{NN}/{prompt}.png, the challenge's output layout."""
-    import argparse
-
     from . import imageio
+    from .commands import parse
     from .finetune import load_style
 
-    p = Parser(prog="gdlib generate", description=main_generate.__doc__)
-    p.add_argument("style_dir", help="challenge style folder: NN/images/{object}.png and NN/prompt.json")
-    p.add_argument("--out", required=True, help="predictions root; images go to OUT/NN/{prompt}.png")
-    p.add_argument("--adapter", default=None, help="style file from `gdlib train-style` (default: base model only)")
-    p.add_argument("--prompts", default=None, help="prompt.json to use instead of STYLE_DIR/prompt.json")
-    p.add_argument("--no-guidance", action="store_true", help="plain sampling, no RB-Modulation")
-    _add_common(p)
-    a = p.parse_args(argv)
+    a = parse("generate", argv)
     try:
         cfg = _cfg_from(a)
         model = load_base(a.base)
@@ -309,6 +268,7 @@ def main_generate(argv: list[str]) -> int:
             raise FileNotFoundError(f"no prompts: {a.style_dir}/prompt.json is missing or empty; pass --prompts")
         if a.adapter:
             info = load_style(model, a.adapter)
+            info = {**info, "concepts": [concept_info(info, a.concept)]}  # one concept of a multi-concept file
         else:
             info = {"caption_mode": "decoupled", "token": None, "style_words": []}  # "painting of {object}"
         objects = list(prompts.values())
@@ -327,27 +287,14 @@ def main_ablation(argv: list[str]) -> int:
     """`gdlib ablation`: the variants on the held-out ToyWorld TEST styles x every unseen object x several seeds;
     prints (and optionally writes into the README) each variant's means and its paired bootstrap 95% interval
     against the baseline; writes OUT/results.json (per set, per seed, with the command and versions)."""
-    import argparse
     import shlex
-    import sys
     import tempfile
 
-    from .toyworld import DATA_VERSION, HELDOUT_STYLES, TEST_STYLES
+    from .commands import parse
+    from .toyworld import DATA_VERSION
     from .toyworld.export import export_challenge
 
-    p = Parser(prog="gdlib ablation", description=main_ablation.__doc__)
-    p.add_argument("--styles", default=",".join(TEST_STYLES),
-                   help=f"held-out ToyWorld styles to export and use (default: the test styles; all: {HELDOUT_STYLES})")
-    p.add_argument("--challenge", default=None, help="use this challenge folder instead of exporting ToyWorld styles")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the ToyWorld export")
-    p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--seeds", default="0,1,2", help="fine-tune + sampling seeds, comma list (each set runs once per seed)")
-    p.add_argument("--out", default="runs/ablation", help="predictions go to OUT/predictions/{variant}/NN")
-    p.add_argument("--results", default=None, help="results JSON to write (default: OUT/results.json)")
-    p.add_argument("--readme", default=None, help="write the table into this README between ablation markers")
-    p.add_argument("--max-prompts", type=int, default=None, help="prompts per exported style (default: all 12)")
-    _add_common(p)
-    a = p.parse_args(argv)
+    a = parse("ablation", argv)
     try:
         cfg = _cfg_from(a)
         try:
@@ -449,22 +396,14 @@ def write_readme_table(readme: str | Path, text: str) -> None:
 def main_demo(argv: list[str]) -> int:
     """`gdlib demo`: fine-tune DoRA with decoupled prompts on one held-out ToyWorld style, generate the unseen
     objects with and without RB-Modulation, write OUT/demo.png and the score table."""
-    import argparse
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .toyworld import HELDOUT_STYLES
+    from .commands import parse
     from .toyworld.export import export_challenge
 
-    p = Parser(prog="gdlib demo", description=main_demo.__doc__)
-    p.add_argument("--style", default="watercolor", choices=list(HELDOUT_STYLES), help="held-out ToyWorld style")
-    p.add_argument("--out", default="outputs", help="folder for demo.png, demo_scores.md and the predictions")
-    p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
-    _add_common(p)
-    a = p.parse_args(argv)
+    a = parse("demo", argv)
     out = Path(a.out)
     t0 = time.time()
     try:

@@ -20,7 +20,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .cliutil import Parser  # noqa: E402
 from . import runtime
 
 jt = runtime.setup_jittor()
@@ -388,19 +387,11 @@ def get_descriptor(name: str = "gram", **kw: Any) -> Callable:
 
 def main_train_csd(argv: list[str]) -> int:
     """`gdlib train-csd`: train the contrastive style descriptor on known styles, evaluate on held-out, save."""
-    import argparse
     import sys
 
-    p = Parser(prog="gdlib train-csd", description="Train the learned ToyWorld style descriptor.")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--max-seconds", type=float, default=300.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lam-invariance", type=float, default=5.0, help="weight of the content-invariance loss")
-    p.add_argument("--lam-confusion", type=float, default=0.0, help="weight of the adversarial content-confusion loss")
-    p.add_argument("--dim", type=int, default=16,
-                   help="embedding size (64 carried the object at 0.39 on held-out styles, 16 at 0.16; chance 0.07)")
-    p.add_argument("--out", default="runs/csd",
-                   help=f"output folder (default runs/csd; the shipped descriptor lives in {DEFAULT_DIR}: pass it to replace it)")
+    from .commands import PARSERS
+
+    p = PARSERS["train-csd"]()
     a = p.parse_args(argv)
     if a.dim < 2:
         p.error(f"--dim must be at least 2, got {a.dim}")

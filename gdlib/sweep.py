@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .cliutil import Parser, fail  # noqa: E402
+from .cliutil import fail  # noqa: E402
 from .stats import format_interval, paired_difference
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out")
@@ -146,23 +146,14 @@ def current_defaults() -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     """`gdlib sweep`: the coordinate sweep of the recipe's knobs on the validation styles; writes results + table."""
-    import argparse
     import shlex
-    import sys
     import tempfile
 
-    from .pipeline import DEFAULT_BASE
+    from .commands import parse
     from .toyworld import TEST_STYLES, VALIDATION_STYLES
     from .toyworld.export import export_challenge
 
-    p = Parser(prog="gdlib sweep", description=main.__doc__)
-    p.add_argument("--styles", default=",".join(VALIDATION_STYLES), help="validation styles (never the test styles)")
-    p.add_argument("--seeds", default="0", help="fine-tune + sampling seeds, comma list")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the ToyWorld export")
-    p.add_argument("--base", default=str(DEFAULT_BASE))
-    p.add_argument("--results", default="runs/sweep/results.json", help="results JSON to write")
-    p.add_argument("--table", default=None, help="also write the Markdown table (with the command) to this file")
-    a = p.parse_args(argv)
+    a = parse("sweep", argv)
     styles = [s.strip() for s in a.styles.split(",") if s.strip()]
     try:
         leaked = sorted(set(styles) & set(TEST_STYLES))

@@ -8,55 +8,25 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .cliutil import Parser  # noqa: E402
+from .config import TrainConfig  # noqa: E402,F401  (re-exported)
 from . import runtime
 
 jt = runtime.setup_jittor()
 
 from . import kernels  # noqa: E402
-from .checkpoint import save_tensors  # noqa: E402
 from .core import (count_skipped, denoising_loss, guarded_step, load_run, min_snr_weights, noised_batch,  # noqa: E402
                    save_run)
 from .models.config import ModelConfig, TextConfig, UNetConfig  # noqa: E402
-from .pipeline import DEFAULT_GUIDANCE, TextToImage  # noqa: E402
+from .config import DEFAULT_GUIDANCE  # noqa: E402
+from .pipeline import TextToImage  # noqa: E402
 
 CKPT_NAME = "ckpt.safetensors"
-
-
-@dataclass
-class TrainConfig:
-    """Knobs of pretraining; the budget is whichever of steps / minutes runs out first (summed over resumes)."""
-    out_dir: str = "runs/base"
-    steps: int = 100_000
-    minutes: float = 85.0
-    batch_size: int = 64
-    lr: float = 2e-3
-    lr_min_ratio: float = 0.05
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    cond_drop: float = 0.1
-    caption_mix: bool = True            # captions drawn from toyworld.CAPTION_TEMPLATES (False: the main one only)
-    min_snr_gamma: float = 5.0          # 0 disables the Min-SNR weights
-    n_per_pair: int = 64
-    styles: list[str] | None = None     # None: toyworld.KNOWN_STYLES (never the held-out ones)
-    objects: list[str] | None = None    # None: all toyworld.OBJECTS
-    data_seed: int = 0
-    seed: int = 0
-    checkpoint_minutes: float = 5.0
-    checkpoint_every: int = 0           # also checkpoint every N steps (0: by time only)
-    sample_every: int = 250             # 0 disables the sample grids
-    sample_steps: int = 25
-    guidance_scale: float = DEFAULT_GUIDANCE
-    log_every: int = 10
-    model: ModelConfig = field(default_factory=ModelConfig)
 
 
 def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
@@ -238,49 +208,6 @@ def export_base(ema: TextToImage, out_dir: str | os.PathLike, card: dict[str, An
     return path
 
 
-def _parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
-    u, tx = UNetConfig(), TextConfig()
-    p = Parser(prog="gdlib train-base", description=(
-        "Pretrain the toy text-to-image model on ToyWorld's known styles. Rerun the same command to resume "
-        "from OUT/ckpt.safetensors; the step and minute budgets are totals over all resumes."))
-    p.add_argument("--out", default=d.out_dir, help="run directory (checkpoint, sample grids)")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--minutes", type=float, default=d.minutes, help="training wall-time budget (total)")
-    p.add_argument("--batch", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup", type=int, default=d.warmup_steps)
-    p.add_argument("--ema", type=float, default=d.ema_decay)
-    p.add_argument("--cond-drop", type=float, default=d.cond_drop)
-    p.add_argument("--single-template", action="store_true",
-                   help="caption every image 'a {style} painting of a {object}' only (data version 1's captions)")
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    p.add_argument("--min-snr", type=float, default=d.min_snr_gamma)
-    p.add_argument("--n-per-pair", type=int, default=d.n_per_pair, help="pre-rendered images per style x object")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--base-channels", type=int, default=u.base_channels)
-    p.add_argument("--channel-mult", default=",".join(map(str, u.channel_mult)))
-    p.add_argument("--patch-size", type=int, default=u.patch_size)
-    p.add_argument("--attn-resolutions", default=",".join(map(str, u.attn_resolutions)),
-                   help="UNet-internal sizes with cross-attention (the text enters there), e.g. 16,8,4")
-    p.add_argument("--self-attn-resolutions", default=",".join(map(str, u.self_attn_resolutions)),
-                   help="sizes with self-attention as well (a subset of --attn-resolutions)")
-    p.add_argument("--text-width", type=int, default=tx.width)
-    p.add_argument("--text-layers", type=int, default=tx.layers)
-    p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
-    p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="also checkpoint every N steps (0: off)")
-    p.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between sample grids (0: off)")
-    p.add_argument("--export", default=None, help="after training: measure accuracies, write EMA weights + card here")
-    p.add_argument("--eval-steps", type=int, default=25, help="DDIM steps for the export's accuracy measurement")
-    p.add_argument("--guidance", type=float, default=d.guidance_scale, help="CFG scale for samples and measurement")
-    p.add_argument("--eval-per-pair", type=int, default=1, help="images per known style x object when measuring")
-    p.add_argument("--eval-templates", default="trained",
-                   help="caption templates measured by --export: 'trained' (every template the run drew) or a comma list")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
 def _int_list(text: str, option: str, example: str) -> tuple[int, ...]:
     """"1,2,2" -> (1, 2, 2), with an error that names the option."""
     try:
@@ -290,7 +217,10 @@ def _int_list(text: str, option: str, example: str) -> tuple[int, ...]:
 
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from parsed train-base options."""
+    """TrainConfig from parsed train-base options (gdlib.commands.train_base)."""
+    from .cliutil import config_kwargs
+    from .commands import TRAIN_OPTIONS
+
     mult = _int_list(a.channel_mult, "--channel-mult", "1,2,2")
     attn = _int_list(a.attn_resolutions, "--attn-resolutions", "16,8,4")
     self_attn = _int_list(a.self_attn_resolutions, "--self-attn-resolutions", "8,4")
@@ -299,13 +229,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
     unet = UNetConfig(base_channels=a.base_channels, channel_mult=mult, patch_size=a.patch_size,
                       context_dim=a.text_width, attn_resolutions=attn, self_attn_resolutions=self_attn)
     text = TextConfig(width=a.text_width, layers=a.text_layers)
-    return TrainConfig(out_dir=a.out, steps=a.steps, minutes=a.minutes, batch_size=a.batch, lr=a.lr,
-                       warmup_steps=a.warmup, ema_decay=a.ema, cond_drop=a.cond_drop,
-                       caption_mix=not a.single_template, grad_clip=a.grad_clip,
-                       min_snr_gamma=a.min_snr, n_per_pair=a.n_per_pair, seed=a.seed,
-                       checkpoint_minutes=a.checkpoint_minutes, checkpoint_every=a.checkpoint_every,
-                       sample_every=a.sample_every,
-                       guidance_scale=a.guidance, model=ModelConfig(unet=unet, text=text, prediction_type=a.prediction_type))
+    return TrainConfig(**config_kwargs(a, TRAIN_OPTIONS),
+                       model=ModelConfig(unet=unet, text=text, prediction_type=a.prediction_type))
 
 
 def main_train_base(argv: list[str]) -> int:
@@ -313,7 +238,9 @@ def main_train_base(argv: list[str]) -> int:
     import shlex
     import sys
 
-    a = _parser().parse_args(argv)
+    from .commands import parse
+
+    a = parse("train-base", argv)
     cfg = config_from_args(a)
     res = train_base(cfg, progress=not a.no_progress)
     if a.export:
@@ -322,14 +249,14 @@ def main_train_base(argv: list[str]) -> int:
         per_template = {}
         for k in templates:
             acc = measure_accuracy_cli(res["ema"], res["styles"], res["objects"], a.eval_per_pair, a.eval_steps,
-                                       a.guidance, template=k)
+                                       a.guidance_scale, template=k)
             per_template[k] = acc
             sty = "-" if acc["style_accuracy"] is None else f"{acc['style_accuracy']:.3f}"
             print(f"template {k!r} ({acc['prompt_form']}): {acc['n_images']} prompts, content "
                   f"{acc['content_accuracy']:.3f}, style {sty}")
         acc = per_template.get("style") or next(iter(per_template.values()))
         print(f"accuracy over {acc['n_images']} known style x object prompts ({a.eval_steps} DDIM steps, CFG "
-              f"{a.guidance}): content {acc['content_accuracy']:.3f}, style {acc['style_accuracy']} "
+              f"{a.guidance_scale}): content {acc['content_accuracy']:.3f}, style {acc['style_accuracy']} "
               f"({time.time() - t:.0f} s for {len(per_template)} templates)")
         cfg_dict = asdict(cfg)
         card = {"command": "gdlib train-base " + " ".join(shlex.quote(x) for x in argv),

@@ -35,7 +35,7 @@ def _ckpt_step(ckpt: Path) -> int:
             meta = json.loads(f.read(n)).get("__metadata__", {})
     except FileNotFoundError:
         return -1
-    state = json.loads(meta.get("state") or meta.get("train_state") or "{}")
+    state = json.loads(meta.get("state") or "{}")
     return int(state.get("step", -1))
 
 

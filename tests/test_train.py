@@ -13,6 +13,7 @@ jt = runtime.setup_jittor()
 from gdlib import toyworld  # noqa: E402
 from gdlib import core  # noqa: E402
 from gdlib import train as T  # noqa: E402
+from gdlib.commands import train_base as _parser  # noqa: E402
 from gdlib.models.config import ModelConfig, TextConfig, UNetConfig  # noqa: E402
 from gdlib.pipeline import TextToImage  # noqa: E402
 
@@ -137,21 +138,21 @@ def test_held_out_styles_are_refused(tmp_path):
 
 
 def test_cli_parses_model_options():
-    a = T._parser().parse_args(["--out", "x", "--base-channels", "32", "--channel-mult", "1,2", "--minutes", "5"])
+    a = _parser().parse_args(["--out", "x", "--base-channels", "32", "--channel-mult", "1,2", "--minutes", "5"])
     cfg = T.config_from_args(a)
     assert cfg.model.unet.base_channels == 32 and cfg.model.unet.channel_mult == (1, 2) and cfg.minutes == 5
     with pytest.raises(ValueError, match="channel-mult"):
-        T.config_from_args(T._parser().parse_args(["--channel-mult", "one"]))
+        T.config_from_args(_parser().parse_args(["--channel-mult", "one"]))
 
 
 def test_cli_parses_attention_resolutions():
-    a = T._parser().parse_args(["--attn-resolutions", "16,8,4", "--self-attn-resolutions", "8,4"])
+    a = _parser().parse_args(["--attn-resolutions", "16,8,4", "--self-attn-resolutions", "8,4"])
     u = T.config_from_args(a).model.unet
     assert u.attn_resolutions == (16, 8, 4) and u.self_attn_resolutions == (8, 4)
     with pytest.raises(ValueError, match="subset"):
-        T.config_from_args(T._parser().parse_args(["--attn-resolutions", "8", "--self-attn-resolutions", "16"]))
+        T.config_from_args(_parser().parse_args(["--attn-resolutions", "8", "--self-attn-resolutions", "16"]))
     with pytest.raises(ValueError, match="attn-resolutions"):
-        T.config_from_args(T._parser().parse_args(["--attn-resolutions", "x"]))
+        T.config_from_args(_parser().parse_args(["--attn-resolutions", "x"]))
 
 
 def test_pretraining_captions_are_drawn_from_every_template(tmp_path):
@@ -169,4 +170,4 @@ def test_pretraining_captions_are_drawn_from_every_template(tmp_path):
             assert model.tokenizer.decode(ds["ids"][k, i]) == " ".join(words)
     single = T._load_data(tiny_train_config(tmp_path, caption_mix=False), model)
     assert single["templates"] == ["style"] and single["ids"].shape[0] == 1
-    assert T.config_from_args(T._parser().parse_args(["--single-template"])).caption_mix is False
+    assert T.config_from_args(_parser().parse_args(["--single-template"])).caption_mix is False

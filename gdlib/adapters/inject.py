@@ -13,7 +13,7 @@ from jittor import nn  # noqa: E402
 
 from .layers import AdaptedConv2d, AdaptedLinear, AdapterLayer  # noqa: E402
 
-DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out")
+from ..config import DEFAULT_TARGETS  # noqa: E402,F401  (peft's usual placement; re-exported)
 
 
 def _matches(name: str, targets: str | Iterable[str]) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cliutil import Parser
+
 from gdlib import runtime
 
 jt = runtime.setup_jittor()
@@ -279,22 +279,13 @@ def train_evaluators(seed: int = 0, n_per_pair: int = 24, steps: int = 400, batc
 
 def main(argv: list[str]) -> int:
     """`gdlib train-evaluators`: train both evaluators, write safetensors + card, print fresh-seed accuracy."""
-    import argparse
     import os
     import platform
     import shlex
 
-    p = Parser(prog="gdlib train-evaluators", description=main.__doc__)
-    p.add_argument("--out", default="runs/evaluators",
-                   help=f"output folder (default runs/evaluators; the shipped ones live in {DEFAULT_DIR}: pass it to replace them)")
-    p.add_argument("--seed", type=int, default=0, help="training data / init seed")
-    p.add_argument("--eval-seed", type=int, default=1000, help="fresh seed for the reported accuracies")
-    p.add_argument("--n-per-pair", type=int, default=24, help="training images per (style, object) pair")
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--width", type=int, default=16)
-    a = p.parse_args(argv)
+    from ..commands import parse
+
+    a = parse("train-evaluators", argv)
     ev = train_evaluators(seed=a.seed, n_per_pair=a.n_per_pair, steps=a.steps, batch=a.batch, lr=a.lr,
                           width=a.width, eval_seed=a.eval_seed)
     ev.card["command"] = " ".join(["gdlib train-evaluators"] + [shlex.quote(x) for x in argv])
