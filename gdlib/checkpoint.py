@@ -13,6 +13,27 @@ def _atomic_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+def write_atomic(path: str | os.PathLike, write) -> Path:
+    """Write a file atomically: write(tmp_path) fills a temporary file beside it, then os.replace puts it in place, so
+    a crash leaves the old file or the new one, never half of one. The temporary keeps the suffix (writers that
+    infer the format from it, PNG / matplotlib, still work)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """write_atomic for a UTF-8 text file (JSON, Markdown, CSV)."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def save_tensors(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, Any] | None = None) -> Path:
     """Write tensors (numpy) + string metadata to a .safetensors file atomically (tmp file, then os.replace)."""
     from safetensors.numpy import save_file
@@ -91,9 +112,7 @@ def write_model_card(directory: str | os.PathLike, card: dict[str, Any], title: 
             val = f"`{v}`" if k == "command" else (v if isinstance(v, str) else json.dumps(v))
             lines.append(f"- **{k}**: {val}")
     for path, text in ((js, json.dumps(card, indent=2, sort_keys=False) + "\n"), (md, "\n".join(lines) + "\n")):
-        tmp = _atomic_path(path)
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     return js, md
 
 

@@ -28,7 +28,7 @@ from . import runtime
 
 jt = runtime.setup_jittor()
 
-from .checkpoint import load_tensors, save_tensors  # noqa: E402
+from .checkpoint import load_tensors, save_tensors, write_text_atomic  # noqa: E402
 from .core import count_skipped, denoising_loss, guarded_step, load_run, min_snr_weights, noised_batch, save_run  # noqa: E402
 from .pipeline import TextToImage  # noqa: E402
 
@@ -517,7 +517,7 @@ def main_train_style(argv: list[str]) -> int:
             "metrics": {"final_loss_last20": info["final_loss"]}, "config": info["config"],
             "backend": f"{runtime.info()['backend']}, python {sys.version.split()[0]}"}
     card_path = Path(a.out).with_name(Path(a.out).name.replace(".safetensors", "") + ".card.json")
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    write_text_atomic(card_path, json.dumps(card, indent=2) + "\n")
     print(f"model card: {card_path}")
     print(f"captions: {info['captions']}")
     for i, c in enumerate(info["concepts"]):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import write_atomic, write_text_atomic
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 WORD_RE = re.compile(r"^[A-Za-z]+$")
 MANIFEST = "toyworld.json"
@@ -200,7 +202,8 @@ def save_images(folder: str | Path, images: np.ndarray, names: list[str]) -> lis
     paths = []
     for img, name in zip(to_uint8_hwc(images), names):
         paths.append(folder / f"{name}.png")
-        Image.fromarray(img).save(paths[-1])
+        im = Image.fromarray(img)
+        write_atomic(paths[-1], lambda tmp: im.save(tmp, format="PNG"))
     return paths
 
 
@@ -209,7 +212,7 @@ def save_style_set(root: str | Path, sid: str, images: np.ndarray, objects: list
     """Write one challenge style folder: {root}/{sid}/images/{object}.png and {root}/{sid}/prompt.json."""
     d = Path(root) / sid
     save_images(d / "images", images, objects)
-    (d / "prompt.json").write_text(json.dumps(prompts, indent=1) + "\n")
+    write_text_atomic(d / "prompt.json", json.dumps(prompts, indent=1) + "\n")
     return d
 
 

@@ -230,6 +230,7 @@ def main(argv: list[str]) -> int:
         return fail("gdlib score", err)
     print(format_table(result))
     if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=1) + "\n")
+        from .checkpoint import write_text_atomic
+        write_text_atomic(a.json, json.dumps(result, indent=1) + "\n")
         print(f"wrote {a.json}")
     return 0

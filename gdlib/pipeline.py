@@ -15,7 +15,7 @@ from . import runtime
 jt = runtime.setup_jittor()
 
 from .config import DEFAULT_BASE, DEFAULT_GUIDANCE  # noqa: E402,F401  (re-exported)
-from .checkpoint import load_module_state, load_tensors, module_state, save_tensors  # noqa: E402
+from .checkpoint import load_module_state, load_tensors, module_state, save_tensors, write_atomic  # noqa: E402
 from .models.config import ModelConfig, TextConfig, UNetConfig  # noqa: E402
 from .models.text import TextEncoder, Tokenizer  # noqa: E402
 from .models.unet import UNet, count_parameters  # noqa: E402
@@ -201,6 +201,6 @@ def main_sample(argv: list[str]) -> int:
     fig = plot.image_grid(images, nrow=a.n if a.n > 1 else min(len(prompts), 8),
                           titles=[q.replace(" painting of ", "\n") for q in prompts])
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(a.out, dpi=100)
+    write_atomic(a.out, lambda tmp: fig.savefig(tmp, dpi=100))
     print(f"wrote {a.out} ({len(prompts)} images)")
     return 0

@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .checkpoint import write_atomic, write_text_atomic
 from .imageio import IMAGE_EXTS
 
 COMMON_STYLE_WORDS = ("style", "art", "styled", "painting", "image", "img", "photo", "picture", "copy", "final")
@@ -163,20 +164,20 @@ def prepare_folder(src: str | Path, out: str | Path, config: PrepareConfig | Non
     (out / "images").mkdir(parents=True, exist_ok=True)
     for d, im in images:
         _write_png(out / d.output, _square(im, cfg.size))
-    _atomic_write(out / "metadata.jsonl", "".join(json.dumps({"file_name": d.output, "text": d.object}) + "\n"
+    write_text_atomic(out / "metadata.jsonl", "".join(json.dumps({"file_name": d.output, "text": d.object}) + "\n"
                                                   for d in kept))
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["file_name", "text"])
     writer.writerows([d.output, d.object] for d in kept)
-    _atomic_write(out / "metadata.csv", buf.getvalue())
+    write_text_atomic(out / "metadata.csv", buf.getvalue())
     if prompts:
         asked = [p for p in prompts if p not in kept_objects]
-        _atomic_write(out / "prompt.json", json.dumps({str(i): p for i, p in enumerate(asked)}, indent=1) + "\n")
+        write_text_atomic(out / "prompt.json", json.dumps({str(i): p for i, p in enumerate(asked)}, indent=1) + "\n")
     report = {"source": str(src), "out": str(out), "config": asdict(cfg), "n_files": len(files),
               "kept": [asdict(d) for d in kept], "dropped": [asdict(d) for d in decisions if not d.kept]}
-    _atomic_write(out / "prepare_report.json", json.dumps(report, indent=1) + "\n")
-    _atomic_write(out / "prepare_report.md", report_markdown(report))
+    write_text_atomic(out / "prepare_report.json", json.dumps(report, indent=1) + "\n")
+    write_text_atomic(out / "prepare_report.md", report_markdown(report))
     log(report_text(report))
     return report
 
@@ -204,16 +205,8 @@ def _square(im, size: int):
     return im.crop((left, top, left + size, top + size))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def _write_png(path: Path, im) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    im.save(tmp, format="PNG")
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: im.save(tmp, format="PNG"))
 
 
 def report_text(report: dict) -> str:

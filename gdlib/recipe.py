@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .checkpoint import write_atomic, write_text_atomic  # noqa: E402
 from .cliutil import fail  # noqa: E402
 from .config import DEFAULT_BASE, DEFAULT_GUIDANCE, RBConfig, RecipeConfig  # noqa: E402,F401  (re-exported)
 from . import runtime
@@ -369,12 +370,8 @@ def load_results(path: str | Path) -> dict:
 def write_results(path: str | Path, res: dict, command: str, seconds: float, base: str | Path,
                   data_version: str) -> Path:
     """results_dict as JSON, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results_dict(res, command, seconds, base, data_version), indent=1, default=float) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(results_dict(res, command, seconds, base, data_version), indent=1,
+                                              default=float) + "\n")
 
 
 README_BEGIN, README_END = "<!-- ablation-table -->", "<!-- /ablation-table -->"
@@ -388,9 +385,7 @@ def write_readme_table(readme: str | Path, text: str) -> None:
         raise ValueError(f"{path} lacks the markers {README_BEGIN} ... {README_END}")
     head, rest = doc.split(README_BEGIN, 1)
     _, tail = rest.split(README_END, 1)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(head + README_BEGIN + "\n" + text.strip() + "\n" + README_END + tail)
-    tmp.replace(path)
+    write_text_atomic(path, head + README_BEGIN + "\n" + text.strip() + "\n" + README_END + tail)
 
 
 def main_demo(argv: list[str]) -> int:
@@ -425,10 +420,10 @@ def main_demo(argv: list[str]) -> int:
         save_images(out / "predictions" / name / "00", r["images"], r["asked"])
     fig = panel_figure(style_panel({"runs": {"00": runs}}, "00"),
                        f"held-out style {a.style!r}: unseen objects without and with RB-Modulation")
-    fig.savefig(out / "demo.png", dpi=110, bbox_inches="tight")
+    write_atomic(out / "demo.png", lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"))
     plt.close(fig)
     table = variant_table({name: r["scores"] for name, r in runs.items()})
-    (out / "demo_scores.md").write_text(f"Held-out style {a.style}, {len(r0['asked'])} unseen objects, `gdlib demo`\n\n{table}\n")
+    write_text_atomic(out / "demo_scores.md", f"Held-out style {a.style}, {len(r0['asked'])} unseen objects, `gdlib demo`\n\n{table}\n")
     print(table)
     print(f"wrote {out / 'demo.png'} and {out / 'demo_scores.md'} in {time.time() - t0:.0f} s")
     return 0

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import runtime
+from .checkpoint import write_text_atomic
 
 jt = runtime.setup_jittor()
 from jittor import nn  # noqa: E402
@@ -323,8 +324,8 @@ def save_csd(net: ContrastiveStyleDescriptor, card: dict, out_dir: str | Path = 
     out = Path(out_dir)
     path = save_tensors(out / CSD_FILE, module_state(net), {"format": "gdlib.style.csd/1",
                                                             "card": json.dumps(card)})
-    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (out / "README.md").write_text(card_markdown(card))
+    write_text_atomic(out / "card.json", json.dumps(card, indent=2) + "\n")
+    write_text_atomic(out / "README.md", card_markdown(card))
     return path
 
 

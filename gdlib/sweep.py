@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .checkpoint import write_text_atomic
 from .cliutil import fail  # noqa: E402
 from .stats import format_interval, paired_difference
 
@@ -131,7 +132,7 @@ def _no_attribute_table() -> str:
 
     path = Path(tempfile.gettempdir()) / "gdlib_sweep_no_attributes.json"
     if not path.is_file():
-        path.write_text(json.dumps({"format": TABLE_FORMAT, "default": {"attributes": []}, "styles": {}}))
+        write_text_atomic(path, json.dumps({"format": TABLE_FORMAT, "default": {"attributes": []}, "styles": {}}))
     return str(path)
 
 
@@ -169,18 +170,12 @@ def main(argv: list[str]) -> int:
         return fail("gdlib sweep", err)
     command = "gdlib sweep " + " ".join(shlex.quote(x) for x in argv)
     result.update(command=command, seconds=round(time.time() - t0, 1), styles=styles, seeds=seeds)
-    out = Path(a.results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    tmp.replace(out)
+    out = write_text_atomic(a.results, json.dumps(result, indent=1, default=float) + "\n")
     table = markdown(result)
     print(table)
     print(f"best: {result['best']}\nwrote {out} ({result['seconds'] / 60:.0f} min)")
     if a.table:
-        t = Path(a.table)
-        t.parent.mkdir(parents=True, exist_ok=True)
-        t.write_text(f"# Sweep of the recipe's knobs on the validation styles\n\nWritten by `{command}` "
+        write_text_atomic(a.table, f"# Sweep of the recipe's knobs on the validation styles\n\nWritten by `{command}` "
                      f"({result['seconds'] / 60:.0f} min): styles {', '.join(styles)}, seeds {seeds}, 12 unseen "
                      f"objects per set. Bold: the value kept.\n\n{table}\n\nBest: `{json.dumps(result['best'])}`\n")
     return 0

@@ -23,6 +23,7 @@ from . import kernels  # noqa: E402
 from .core import (count_skipped, denoising_loss, guarded_step, load_run, min_snr_weights, noised_batch,  # noqa: E402
                    save_run)
 from .models.config import ModelConfig, TextConfig, UNetConfig  # noqa: E402
+from .checkpoint import write_atomic  # noqa: E402
 from .config import DEFAULT_GUIDANCE  # noqa: E402
 from .pipeline import TextToImage  # noqa: E402
 
@@ -106,7 +107,7 @@ def sample_grid(model: TextToImage, styles: Sequence[str], objects: Sequence[str
     fig = plot.image_grid(images, nrow=len(objects), titles=list(objects), row_labels=list(styles), suptitle=title)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=80)
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=80))
         import matplotlib.pyplot as plt
         plt.close(fig)
     return images, fig

@@ -97,3 +97,19 @@ def test_good_prompt_files_load(tmp_path):
     path = tmp_path / "prompt.json"
     path.write_bytes("\ufeff{\"0\": \"Cat\", \"1\": \"car\"}".encode("utf-8"))   # a BOM and capitals are fine
     assert imageio.read_prompts(path) == {"0": "cat", "1": "car"}
+
+
+def test_writers_are_atomic_a_failed_write_keeps_the_old_file(tmp_path):
+    """write_atomic: a writer that dies half-way leaves the previous file intact and no temporary behind."""
+    from gdlib.checkpoint import write_atomic, write_text_atomic
+
+    path = write_text_atomic(tmp_path / "card.json", '{"old": 1}\n')
+
+    def dies_half_way(tmp):
+        tmp.write_text('{"new": ')
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, dies_half_way)
+    assert path.read_text() == '{"old": 1}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["card.json"]

@@ -16,6 +16,7 @@ import numpy as np
 
 
 from gdlib import runtime
+from ..checkpoint import write_text_atomic
 
 jt = runtime.setup_jittor()
 nn = jt.nn
@@ -128,8 +129,8 @@ def save_evaluators(ev: Evaluators, out_dir: str | Path) -> Path:
     for net, name in ((ev.content_net, CONTENT_FILE), (ev.style_net, STYLE_FILE)):
         save_file({k: v.numpy().astype(np.float32) for k, v in net.state_dict().items()}, str(out / name))
     card = dict(ev.card, objects=ev.objects, styles=ev.styles, size=ev.size)
-    (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-    (out / "README.md").write_text(model_card_markdown(card))
+    write_text_atomic(out / CARD_FILE, json.dumps(card, indent=2) + "\n")
+    write_text_atomic(out / "README.md", model_card_markdown(card))
     return out
 
 

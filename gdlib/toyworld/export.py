@@ -48,7 +48,7 @@ def export_challenge(out: str | Path, styles: Sequence[str] | None = None, seed:
         sid = f"{i:02d}"
         imageio.save_style_set(out, sid, fs["images"], fs["objects"], {str(j): o for j, o in enumerate(others)})
         manifest["sets"][sid] = {"style": style, "category": cat, "objects": fs["objects"]}
-    (out / imageio.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    imageio.write_text_atomic(out / imageio.MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
@@ -88,7 +88,7 @@ def save_grid_figure(out: str | Path, seed: int = 0, size: int = DEFAULT_SIZE) -
                                  title=f"ToyWorld v{DATA_VERSION} at {size} px, seed {seed} (* held out)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    imageio.write_atomic(out, lambda tmp: fig.savefig(tmp, dpi=110))
     return out
 
 
