@@ -1,5 +1,9 @@
 """Benchmark: DoRA vs LoRA train step, fused vs plain-Jittor DoRA norm, merged vs unmerged inference.
 
+Three DoRA rows: `dora` is the library's dispatch (the fused norm pass only for weights of at least
+gdlib.kernels.dora.FUSED_MIN_NUMEL elements, the reference below), `dora_fused` forces the fused pass on every
+adapted weight, `dora_ref` forces the reference everywhere; the norm-op rows call the fused op directly.
+
     python bench/adapters.py [--model unet|block] [--batch 8] [--repeats 5] [--rank 4]
 
 On gdlib's UNet (default; falls back to an attention-like block stack with --model block), adapters on the
@@ -25,7 +29,8 @@ jt = runtime.setup_jittor()
 from jittor import nn  # noqa: E402
 
 from gdlib import adapters  # noqa: E402
-from gdlib.kernels.dora import dora_scale, dora_scale_reference  # noqa: E402
+from gdlib.kernels import dora as dora_kernel  # noqa: E402
+from gdlib.kernels.dora import dora_scale_fused, dora_scale_reference  # noqa: E402
 
 
 class Block(nn.Module):
@@ -87,21 +92,60 @@ def inputs(batch, shape, ctx, seed=1):
             jt.array(rng.standard_normal((batch,) + shape).astype(np.float32)))
 
 
-def train_closure(net, x, t, c, eps):
+class forced_fused:
+    """Within the block, the library's dispatch takes the fused DoRA norm pass for every weight size."""
+
+    def __enter__(self):
+        self.old, dora_kernel.FUSED_MIN_NUMEL = dora_kernel.FUSED_MIN_NUMEL, 0
+
+    def __exit__(self, *exc):
+        dora_kernel.FUSED_MIN_NUMEL = self.old
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
+
+def train_closure(net, x, t, c, eps, force_fused: bool = False):
     opt = jt.optim.AdamW(adapters.trainable_parameters(net), lr=1e-4)
 
     def step():
-        loss = ((net(x, t, c) - eps) ** 2).mean()
-        opt.step(loss)
-        jt.sync_all()
+        with forced_fused() if force_fused else _nothing():  # the graph is built (and dispatched) inside
+            loss = ((net(x, t, c) - eps) ** 2).mean()
+            opt.step(loss)
+            jt.sync_all()
     return step
 
 
-def infer_closure(net, x, t, c):
+def infer_closure(net, x, t, c, force_fused: bool = False):
     def run():
-        with jt.no_grad():
+        with forced_fused() if force_fused else _nothing(), jt.no_grad():
             net(x, t, c).sync()
     return run
+
+
+def fused_norm_calls(net, x, t, c) -> tuple[int, int]:
+    """(fused, reference) DoRA-norm calls one forward of `net` makes: proves which path a row timed."""
+    calls = {"fused": 0, "reference": 0}
+    real_fused, real_ref = dora_kernel.dora_scale_fused, dora_kernel.dora_scale_reference
+
+    def count(kind, fn):
+        def wrapped(*a, **k):
+            calls[kind] += 1
+            return fn(*a, **k)
+        return wrapped
+    dora_kernel.dora_scale_fused = count("fused", real_fused)
+    dora_kernel.dora_scale_reference = count("reference", real_ref)
+    try:
+        with jt.no_grad():
+            net(x, t, c).sync()
+    finally:
+        dora_kernel.dora_scale_fused, dora_kernel.dora_scale_reference = real_fused, real_ref
+    return calls["fused"], calls["reference"]
 
 
 def time_interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
@@ -126,7 +170,8 @@ def bench_norm_op(net, repeats: int) -> dict[str, float]:
             loss = sum(g.sum() for g in gs)
             jt.sync(jt.grad(loss, [l.magnitude for l in layers]))
         return f
-    return time_interleaved({"fused": run(dora_scale), "reference": run(dora_scale_reference)}, repeats * 4)
+    fused = lambda w, a, b, m, s: dora_scale_fused(w, a, b, m, s)  # noqa: E731 - the fused pass, whatever the size
+    return time_interleaved({"fused": run(fused), "reference": run(dora_scale_reference)}, repeats * 4)
 
 
 def bench_norm_sizes(sizes=(64, 128, 256, 512, 1024), rank: int = 4, repeats: int = 9) -> dict[str, dict]:
@@ -140,7 +185,8 @@ def bench_norm_sizes(sizes=(64, 128, 256, 512, 1024), rank: int = 4, repeats: in
             def f():
                 jt.sync(jt.grad(op(w, a, b, m, 1.0).sum(), [m]))
             return f
-        out[str(n)] = time_interleaved({"fused": run(dora_scale), "reference": run(dora_scale_reference)}, repeats)
+        out[str(n)] = time_interleaved({"fused": run(dora_scale_fused), "reference": run(dora_scale_reference)},
+                                       repeats)
     return out
 
 
@@ -159,7 +205,9 @@ def main(argv=None) -> int:
             print(f"gdlib.models.unet not importable ({e}); using --model block")
             model = "block"
     nets = {}
-    for name, kind, fused in (("lora", "lora", True), ("dora", "dora", True), ("dora_ref", "dora", False)):
+    forced = {"dora_fused"}  # rows whose closures force the fused pass on every weight size
+    for name, kind, fused in (("lora", "lora", True), ("dora", "dora", True), ("dora_fused", "dora", True),
+                              ("dora_ref", "dora", False)):
         net, shape, ctx = build(model)
         adapters.inject(net, kind=kind, rank=args.rank, alpha=args.rank)
         for layer in adapters.adapted_layers(net).values():
@@ -169,8 +217,14 @@ def main(argv=None) -> int:
     counts = adapters.parameter_counts(nets["dora"])
     print(f"model={model} batch={args.batch} rank={args.rank} adapted layers={len(adapters.adapted_layers(nets['dora']))} "
           f"trainable={counts['trainable']} ({100 * counts['fraction']:.2f}% of {counts['total']})")
+    calls = {"dora": fused_norm_calls(nets["dora"], x, t, c)}
+    with forced_fused():
+        calls["dora_fused"] = fused_norm_calls(nets["dora_fused"], x, t, c)
+    for k, (f, r) in calls.items():
+        print(f"{k}: {f} fused / {r} reference DoRA-norm calls per forward (FUSED_MIN_NUMEL={dora_kernel.FUSED_MIN_NUMEL})")
+    assert calls["dora_fused"][1] == 0 and calls["dora_fused"][0] > 0, "the forced row must time the fused pass"
 
-    train = time_interleaved({k: train_closure(n, x, t, c, eps) for k, n in nets.items()}, args.repeats)
+    train = time_interleaved({k: train_closure(n, x, t, c, eps, k in forced) for k, n in nets.items()}, args.repeats)
     for k, n in nets.items():
         n.eval()
     base, _, _ = build(model)
@@ -183,6 +237,7 @@ def main(argv=None) -> int:
     merged.eval()
     infer = time_interleaved({"base": infer_closure(base, x, t, c), "lora": infer_closure(nets["lora"], x, t, c),
                               "dora_unmerged": infer_closure(nets["dora"], x, t, c),
+                              "dora_unmerged_fused": infer_closure(nets["dora_fused"], x, t, c, True),
                               "dora_unmerged_ref": infer_closure(nets["dora_ref"], x, t, c),
                               "dora_merged": infer_closure(merged, x, t, c)}, args.repeats)
     with jt.no_grad():
@@ -192,7 +247,10 @@ def main(argv=None) -> int:
     res = {
         "train_step_s": train, "inference_s": infer, "dora_norm_op_s": norm,
         "ratio_train_dora_over_lora": train["dora"] / train["lora"],
-        "ratio_train_dora_fused_over_reference": train["dora"] / train["dora_ref"],
+        "dora_norm_calls_fused_reference": calls,
+        "ratio_train_dora_dispatch_over_reference": train["dora"] / train["dora_ref"],
+        "ratio_train_dora_fused_over_reference": train["dora_fused"] / train["dora_ref"],
+        "ratio_infer_dora_fused_over_reference": infer["dora_unmerged_fused"] / infer["dora_unmerged_ref"],
         "ratio_infer_dora_unmerged_over_merged": infer["dora_unmerged"] / infer["dora_merged"],
         "ratio_infer_dora_merged_over_base": infer["dora_merged"] / infer["base"],
         "ratio_infer_lora_unmerged_over_base": infer["lora"] / infer["base"],
@@ -207,6 +265,8 @@ def main(argv=None) -> int:
                 print(f"norm op [{n}, {n}]: fused={d['fused'] * 1e3:.3f} ms, reference={d['reference'] * 1e3:.3f} ms")
         elif k.endswith("by_width"):
             print(f"{k}: " + ", ".join(f"{n}: {r:.2f}" for n, r in v.items()))
+        elif k == "dora_norm_calls_fused_reference":
+            continue
         elif isinstance(v, dict):
             print(f"{k}: " + ", ".join(f"{n}={s * 1e3:.1f} ms" for n, s in v.items()))
         elif k.startswith("ratio"):

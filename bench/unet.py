@@ -402,7 +402,7 @@ def main(argv=None) -> int:
         opt.backward(loss)
         opt.clip_grad_norm(1.0)
         opt.step()
-        loss.sync()
+        jt.sync_all()  # the parameter and moment updates too (lazy), as torch_step's are done when it returns
     print(f"\n{a.repeats} rounds, Jittor and PyTorch alternating; medians, and the median of the per-round ratios")
     print(f"{'':14s}{'jittor s':>10s}{'torch s':>10s}{'ratio':>8s}")
     for on in modes:
