@@ -227,9 +227,61 @@ def _cache_float_limits() -> None:
         np.finfo(t)
 
 
+class _drop_fd_lines:
+    """Within the block, lines written to file descriptors 1 and 2 (C++ code writes there, not to sys.stdout) pass
+    through a pipe and on to where they went before, live, except those containing `needle`."""
+
+    def __init__(self, needle: bytes) -> None:
+        self.needle, self.saved = needle, []
+
+    def __enter__(self):
+        import threading
+
+        for fd in (1, 2):
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:  # noqa: BLE001 - a closed or odd stream must not stop the import
+                    pass
+            try:
+                orig = os.dup(fd)
+            except OSError:
+                continue
+            r, w = os.pipe()
+            os.dup2(w, fd)
+            os.close(w)
+
+            def pump(r=r, orig=orig):
+                with os.fdopen(r, "rb") as src:
+                    for line in src:
+                        if self.needle not in line:
+                            os.write(orig, line)
+            t = threading.Thread(target=pump, daemon=True, name=f"gdlib-fd{fd}-filter")
+            t.start()
+            self.saved.append((fd, orig, t))
+        return self
+
+    def __exit__(self, *exc):
+        for fd, orig, t in self.saved:
+            os.dup2(orig, fd)   # closes our end of the pipe: the pump sees EOF once every writer is gone
+            t.join(timeout=5)
+            if not t.is_alive():  # a child that inherited the pipe may keep it open: then leave orig to the pump
+                os.close(orig)
+        return False
+
+
 def setup_jittor():
     """Import Jittor with gdlib's settings and return the module."""
     configure()
+    if "jittor" not in sys.modules and os.environ.get("GDLIB_VERBOSE") != "1":
+        # Jittor announces a flag set in the environment on import ("Load log_sync: 1": it sets log_sync itself in
+        # every notebook), through its C++ logger, whatever log_silent says; that one line is dropped
+        with _drop_fd_lines(b"Load log_sync"):
+            return _import_jittor()
+    return _import_jittor()
+
+
+def _import_jittor():
     _compile_outside_kernel()
     _cache_float_limits()
     import jittor as jt

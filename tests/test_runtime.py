@@ -178,3 +178,21 @@ def test_cli_version_and_one_line_errors(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("gdlib sample: error:") and "Traceback" not in err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_jittor_flag_announcement_is_dropped_and_other_output_kept():
+    """Jittor prints `Load log_sync: 1` through its C++ logger when the variable is set (it sets it in notebooks)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os\nfrom gdlib import runtime\n"
+            "with runtime._drop_fd_lines(b'Load log_sync'):\n"
+            "    os.write(2, b'[i] Load log_sync: 1\\nkeep me\\n')\n    os.write(1, b'and me\\n')\n"
+            "jt = runtime.setup_jittor()\nprint(int(jt.array([2, 3]).sum().item()))\n")
+    env = {**os.environ, "log_sync": "1"}
+    env.pop("GDLIB_VERBOSE", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Load log_sync" not in out.stdout + out.stderr
+    assert "keep me" in out.stderr and out.stdout.split() == ["and", "me", "5"]
