@@ -19,12 +19,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-base": ("gdlib.train:main_train_base", "pretrain (or resume) the toy text-to-image base model on known styles"),
     "sample": ("gdlib.pipeline:main_sample", "generate images from prompts with the base model (CFG + DDIM)"),
     "train-csd": ("gdlib.style:main_train_csd", "train the learned contrastive style descriptor (Psi) on known ToyWorld styles"),
-    "train-style": ("gdlib.finetune:main_train_style", "fine-tune one style folder (LoRA/DoRA/full, DreamBooth prior, decoupled captions)"),
-    "generate": ("gdlib.recipe:main_generate", "prompt.json (+ style file, + RB-Modulation toward the references) -> OUT/NN/{prompt}.png"),
-    "demo": ("gdlib.recipe:main_demo", "Guided DoRA on one held-out ToyWorld style: outputs/demo.png and the score table"),
-    "ablation": ("gdlib.recipe:main_ablation", "baseline / DoRA / +decoupled / Guided DoRA on the test styles x seeds: means and 95% intervals"),
+    "train-style": ("gdlib.finetune_cli:main_train_style", "fine-tune one style folder (LoRA/DoRA/full, DreamBooth prior, decoupled captions)"),
+    "generate": ("gdlib.recipe_cli:main_generate", "prompt.json (+ style file, + RB-Modulation toward the references) -> OUT/NN/{prompt}.png"),
+    "demo": ("gdlib.recipe_cli:main_demo", "Guided DoRA on one held-out ToyWorld style: outputs/demo.png and the score table"),
+    "ablation": ("gdlib.recipe_cli:main_ablation", "baseline / DoRA / +decoupled / Guided DoRA on the test styles x seeds: means and 95% intervals"),
     "prepare": ("gdlib.prepare:main", "a folder of your images -> a clean style folder + metadata + a report of what was dropped and why"),
     "sweep": ("gdlib.sweep:main", "tune the recipe's knobs on the validation styles only: results JSON + table"),
+    "merge": ("gdlib.merge:main", "merge Custom Diffusion style files (K/V) into one by the closed-form constrained merge"),
 }
 
 

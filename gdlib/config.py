@@ -151,3 +151,30 @@ class TrainConfig:
                                 flag="--guidance")
     log_every: int = opt(10, "steps between loss-history entries")
     model: ModelConfig = field(default_factory=ModelConfig)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation: which adapter, which captions, guidance or not."""
+    name: str
+    adapter: str
+    caption_mode: str
+    guided: bool
+    label: str
+    lr: float | None = None       # its own fine-tuning lr (None: RecipeConfig.lr, the adapters' lr)
+    default: bool = True          # in the default ablation (variants() with no names); False: run it by name
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("baseline", "lora", "instance", False, "DreamBooth-LoRA, instance token (challenge baseline)"),
+    Variant("dora", "dora", "instance", False, "DoRA, instance token"),
+    Variant("dora_decoupled", "dora", "decoupled", False, "DoRA + decoupled prompts"),
+    Variant("guided_dora", "dora", "decoupled", True, "Guided DoRA: DoRA + decoupled prompts + RB-Modulation"),
+    # off the chain: guidance without decoupling, so each of the two can be judged on its own (shares dora's fine-tune)
+    Variant("dora_rb", "dora", "instance", True, "DoRA + RB-Modulation, instance token (no decoupling)"),
+    # Custom Diffusion (Kumari et al. 2023): full cross-attention K/V weights + the instance token, the baseline's
+    # captions. Full weights want their own lr (chosen on the validation styles). Not in the default ablation
+    # (`gdlib ablation --variants baseline,custom` adds the row; notebook 07 compares it with DoRA)
+    Variant("custom", "custom", "instance", False, "Custom Diffusion: cross-attention K/V + instance token",
+            lr=2e-3, default=False),
+)}

@@ -11,6 +11,7 @@ jt = runtime.setup_jittor()
 from gdlib import adapters, finetune as F, imageio, toyworld  # noqa: E402
 from gdlib.toyworld.export import export_challenge  # noqa: E402
 from conftest import tiny_model  # noqa: E402
+from gdlib.finetune_cli import main_train_style  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +225,7 @@ def test_full_finetune_with_text_encoder_roundtrip(folder, tmp_path):
 def test_cli_train_style(folder, tmp_path, capsys):
     base = tiny_model().save(tmp_path / "base.safetensors")
     out = tmp_path / "cli.safetensors"
-    rc = F.main_train_style([str(folder), "--out", str(out), "--base", str(base), "--steps", "2", "--batch", "2",
+    rc = main_train_style([str(folder), "--out", str(out), "--base", str(base), "--steps", "2", "--batch", "2",
                              "--captions", "dreambooth", "--no-progress"])
     assert rc == 0 and out.is_file()
     assert "a sks painting of a {object}" in capsys.readouterr().out
@@ -232,5 +233,5 @@ def test_cli_train_style(folder, tmp_path, capsys):
     assert info["steps"] == 2 and info["base_path"] == str(base)
     card = json.loads((tmp_path / "cli.card.json").read_text())
     assert card["command"].startswith("gdlib train-style") and card["steps"] == 2
-    rc = F.main_train_style([str(tmp_path / "missing"), "--out", str(out), "--base", str(base)])
+    rc = main_train_style([str(tmp_path / "missing"), "--out", str(out), "--base", str(base)])
     assert rc == 2 and "does not exist" in capsys.readouterr().err

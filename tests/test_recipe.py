@@ -9,8 +9,9 @@ from gdlib import runtime
 
 jt = runtime.setup_jittor()
 
-from gdlib import imageio, recipe  # noqa: E402
+from gdlib import imageio, recipe, recipe_cli, report  # noqa: E402
 from gdlib.guidance import RBConfig  # noqa: E402
+from gdlib.stats import format_interval  # noqa: E402
 from gdlib.toyworld.export import export_challenge  # noqa: E402
 from conftest import tiny_model  # noqa: E402
 
@@ -84,10 +85,10 @@ def test_ablation_writes_scoreable_predictions_and_a_table(challenge, base, tmp_
     main_table = md.split("\n\n")[0]
     assert main_table.count("\n| ") == 3 and "challenge baseline" in md
     assert f"{res['mean']['guided_dora']['final']:.3f}" in main_table
-    assert "ΔFinal vs baseline [95% CI]" in md and recipe.format_interval(c) in main_table and "(reference)" in md
+    assert "ΔFinal vs baseline [95% CI]" in md and format_interval(c) in main_table and "(reference)" in md
     steps = recipe.ingredient_steps(res)
     assert list(steps) == ["Guided DoRA vs the baseline"] and steps["Guided DoRA vs the baseline"]["final"] == c
-    assert f"| Guided DoRA vs the baseline | {recipe.format_interval(steps['Guided DoRA vs the baseline']['style'])} |" in md
+    assert f"| Guided DoRA vs the baseline | {format_interval(steps['Guided DoRA vs the baseline']['style'])} |" in md
     out = recipe.write_results(tmp_path / "r" / "results.json", res, "gdlib ablation --x", 1.0, base, "2")
     js = json.loads(out.read_text())
     assert js["command"] == "gdlib ablation --x" and js["seeds"] == [0, 1] and len(js["cells"]) == 8
@@ -112,17 +113,17 @@ def test_a_shared_finetune_cache_skips_the_second_finetune(challenge, base):
 
 def test_write_readme_table(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{recipe.README_BEGIN}\nold table\n{recipe.README_END}\nrest\n")
-    recipe.write_readme_table(readme, "| new |")
-    assert readme.read_text() == f"intro\n{recipe.README_BEGIN}\n| new |\n{recipe.README_END}\nrest\n"
+    readme.write_text(f"intro\n{report.README_BEGIN}\nold table\n{report.README_END}\nrest\n")
+    report.write_readme_table(readme, "| new |")
+    assert readme.read_text() == f"intro\n{report.README_BEGIN}\n| new |\n{report.README_END}\nrest\n"
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="markers"):
-        recipe.write_readme_table(readme, "x")
+        report.write_readme_table(readme, "x")
 
 
 def test_cli_generate_writes_the_challenge_layout(challenge, base, tmp_path, capsys):
     common = ["--base", str(base), "--sample-steps", "2", "--num-iter", "1"]
-    assert recipe.main_generate([str(challenge / "01"), "--out", str(tmp_path / "out"), *common]) == 0
+    assert recipe_cli.main_generate([str(challenge / "01"), "--out", str(tmp_path / "out"), *common]) == 0
     prompts = imageio.read_prompts(challenge / "01" / "prompt.json")
     assert sorted(p.stem for p in (tmp_path / "out" / "01").iterdir()) == sorted(prompts.values())
     assert "RB-Modulation" in capsys.readouterr().out
@@ -130,21 +131,21 @@ def test_cli_generate_writes_the_challenge_layout(challenge, base, tmp_path, cap
     (tmp_path / "np" / "images").mkdir(parents=True)
     for f in (challenge / "01" / "images").iterdir():
         (tmp_path / "np" / "images" / f.name).write_bytes(f.read_bytes())
-    assert recipe.main_generate([str(tmp_path / "np"), "--out", str(tmp_path / "o2"), *common]) == 2
+    assert recipe_cli.main_generate([str(tmp_path / "np"), "--out", str(tmp_path / "o2"), *common]) == 2
     assert "pass --prompts" in capsys.readouterr().err
-    assert recipe.main_generate([str(challenge / "01"), "--out", str(tmp_path / "o3"), "--adapter", str(base),
+    assert recipe_cli.main_generate([str(challenge / "01"), "--out", str(tmp_path / "o3"), "--adapter", str(base),
                                  *common]) == 2
     assert "not a gdlib style file" in capsys.readouterr().err
 
 
 def test_cli_demo_writes_figure_and_scores(base, tmp_path, capsys):
-    code = recipe.main_demo(["--base", str(base), "--out", str(tmp_path), "--steps", "2", "--sample-steps", "2",
+    code = recipe_cli.main_demo(["--base", str(base), "--out", str(tmp_path), "--steps", "2", "--sample-steps", "2",
                              "--num-iter", "1", "--no-progress"])
     assert code == 0
     assert (tmp_path / "demo.png").stat().st_size > 1000
     text = (tmp_path / "demo_scores.md").read_text()
     assert "Guided DoRA" in text and "DoRA + decoupled prompts" in text
-    assert recipe.main_demo(["--base", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path)]) == 2
+    assert recipe_cli.main_demo(["--base", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
 
 
