@@ -77,14 +77,15 @@ def add_config_args(parser: argparse.ArgumentParser, cls, only: "list[str] | tup
         flag = f.metadata.get("flag") or "--" + name.replace("_", "-")
         kw = dict(f.metadata.get("argparse") or {})
         help_text = f.metadata["help"]
-        kw.setdefault("metavar", flag.lstrip("-").upper().replace("-", "_"))
+        if "choices" not in kw:  # argparse shows {a,b,c} for choices
+            kw.setdefault("metavar", flag.lstrip("-").upper().replace("-", "_"))
         if isinstance(default, bool):
-            kw.pop("metavar")
+            kw.pop("metavar", None)
             parser.add_argument(flag, dest=name, action="store_false" if default else "store_true", help=help_text)
             continue
         if _is_list(f):
             shown = ",".join(map(str, default)) if default else "none"
-            parser.add_argument(flag, dest=name, type=_comma_list, default=default, metavar=kw["metavar"],
+            parser.add_argument(flag, dest=name, type=_comma_list, default=default, metavar=kw.get("metavar"),
                                 help=f"{help_text} (default: {shown})")
             continue
         kw.setdefault("type", type(default) if default is not None else str)
