@@ -1,0 +1,69 @@
+"""Text -> image with a loaded Stable Diffusion folder: prompt encoding, classifier-free guidance, DDIM, VAE decode.
+
+Follows diffusers' StableDiffusionPipeline step by step so the numbers agree:
+  c = text_encoder(tokenize(prompt)).last_hidden_state, u = the same for the negative prompt ("" by default);
+  eps_hat = eps(x, t, u) + w (eps(x, t, c) - eps(x, t, u))            (Ho & Salimans 2022, Eq. 6), only if w > 1;
+  DDIM(eta) over the schedule's timesteps (gdlib.sampling.sample_ddim; Song et al. 2021a, Eq. 12);
+  image = clamp(vae.decode(z / scaling_factor) / 2 + 1/2, 0, 1), channels last.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .. import runtime
+from .. import sampling
+
+jt = runtime.setup_jittor()
+
+
+def encode_prompt(pipe, prompts: str | Sequence[str], clip_skip: int | None = None) -> "jt.Var":
+    """[N, 77, d] text embeddings; clip_skip k uses final_layer_norm(hidden_states[-(k + 1)]) as diffusers does."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    out = pipe.text_encoder(pipe.tokenizer.encode(prompts))
+    if clip_skip:
+        return out.penultimate(pipe.text_encoder.final_layer_norm, clip_skip)
+    return out.last_hidden_state
+
+
+def guided_model(unet, context: "jt.Var", uncond: "jt.Var | None", guidance_scale: float) -> Callable:
+    """model(x_t, t) for gdlib's samplers: one batched UNet call on [uncond; cond], then CFG."""
+    if uncond is None:
+        return lambda x, t: unet(x, t, context)
+    both = jt.concat([uncond, context], dim=0)
+    w = float(guidance_scale)
+
+    def fn(x, t):
+        out = unet(jt.concat([x, x], dim=0), t, both)
+        u, c = jt.chunk(out, 2, dim=0)
+        return u + w * (c - u)
+    return fn
+
+
+def decode_latents(pipe, z: "jt.Var") -> np.ndarray:
+    """Latents -> float32 images [N, H, W, 3] in [0, 1] (diffusers' output_type="np")."""
+    x = pipe.vae.decode(z / pipe.vae.scaling_factor)
+    return np.clip(x.numpy() / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)
+
+
+def sample(pipe, prompts: str | Sequence[str], latents, steps: int = 25, guidance_scale: float = 7.5,
+           negative_prompt: str | Sequence[str] = "", eta: float = 0.0, clip_skip: int | None = None,
+           callback: Callable | None = None, return_latents: bool = False):
+    """Images [N, H, W, 3] in [0, 1] from the initial latents x_T [N, C, h, w] (DDIM's init_noise_sigma is 1);
+    with return_latents, (images, final latents)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    x = latents if isinstance(latents, jt.Var) else jt.array(np.asarray(latents, dtype=np.float32))
+    if len(x.shape) != 4 or x.shape[0] != len(prompts):
+        raise ValueError(f"sample: latents must be [{len(prompts)}, C, h, w] for {len(prompts)} prompts, "
+                         f"got {tuple(x.shape)}")
+    negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(negatives) != len(prompts):
+        raise ValueError(f"sample: {len(negatives)} negative prompts for {len(prompts)} prompts")
+    with jt.no_grad():
+        context = encode_prompt(pipe, prompts, clip_skip)
+        uncond = encode_prompt(pipe, negatives, clip_skip) if guidance_scale > 1.0 else None
+        model = guided_model(pipe.unet, context, uncond, guidance_scale)
+        z = sampling.sample_ddim(model, x, pipe.schedule, steps, eta=eta, callback=callback)
+        images = decode_latents(pipe, z)
+    return (images, z) if return_latents else images
