@@ -26,6 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("gdlib.prepare:main", "a folder of your images -> a clean style folder + metadata + a report of what was dropped and why"),
     "sweep": ("gdlib.sweep:main", "tune the recipe's knobs on the validation styles only: results JSON + table"),
     "merge": ("gdlib.merge:main", "merge Custom Diffusion style files (K/V) into one by the closed-form constrained merge"),
+    "train-editor": ("gdlib.edit_cli:main_train_editor", "pretrain (or resume) the small DiT editor by flow matching on ToyWorld edit pairs"),
+    "train-edit": ("gdlib.edit_cli:main_train_edit", "EditLoRA: fit a LoRA on the editor from a few edit pairs (pairs.jsonl folder)"),
+    "edit": ("gdlib.edit_cli:main_edit", "edit an image by an instruction with the DiT editor (+ an EditLoRA)"),
 }
 
 

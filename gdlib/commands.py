@@ -174,9 +174,57 @@ def train_csd() -> Parser:
     return p
 
 
+EDITOR_OPTIONS = ("out_dir", "steps", "minutes", "batch_size", "lr", "warmup_steps", "grad_clip", "cond_drop", "edits",
+                  "t_sampling", "seed", "checkpoint_every")
+DIT_OPTIONS = ("patch", "width", "depth", "heads", "text_width", "text_layers")
+EDIT_LORA_OPTIONS = ("adapter", "rank", "alpha", "targets", "steps", "lr", "batch_size", "t_sampling", "seed")
+DEFAULT_EDITOR = "runs/editor/editor.safetensors"
+
+
+def train_editor() -> Parser:
+    p = Parser(prog="gdlib train-editor", description=(
+        "Pretrain the small DiT editor with flow matching on ToyWorld edit pairs of the known styles (restyle, object "
+        "swap). Rerun the same command to resume from OUT/ckpt.safetensors; the step and minute budgets are totals "
+        "over all resumes. Writes OUT/editor.safetensors."))
+    add_config_args(p, C.EditorConfig, EDITOR_OPTIONS)
+    add_config_args(p, C.DiTConfig, DIT_OPTIONS)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def train_edit() -> Parser:
+    p = Parser(prog="gdlib train-edit", description=(
+        "EditLoRA (PhotoDoodle): fit a LoRA on the pretrained editor from a few edit pairs. PAIRS_DIR holds "
+        'pairs.jsonl, one {"source": ..., "target": ..., "caption": ...} per line (image paths relative to '
+        "PAIRS_DIR)."))
+    p.add_argument("pairs_dir", help="folder with pairs.jsonl and the images it names")
+    p.add_argument("--out", required=True, help="adapter file to write, e.g. runs/edits/watercolor.safetensors")
+    p.add_argument("--base", default=DEFAULT_EDITOR,
+                   help=f"editor from `gdlib train-editor` (default: {DEFAULT_EDITOR})")
+    add_config_args(p, C.EditLoRAConfig, EDIT_LORA_OPTIONS)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def edit() -> Parser:
+    p = Parser(prog="gdlib edit", description="Edit an image by an instruction with the DiT editor (+ an EditLoRA).")
+    p.add_argument("--model", default=DEFAULT_EDITOR, help=f"editor file (default: {DEFAULT_EDITOR})")
+    p.add_argument("--adapter", default=None, help="EditLoRA file from `gdlib train-edit`")
+    p.add_argument("--source", required=True, help="source image (any size; resized and centre-cropped)")
+    p.add_argument("--caption", required=True, help='instruction, e.g. "make it pixel" or "replace cat with fish"')
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--steps", type=int, default=20, help="flow ODE steps (default: 20)")
+    p.add_argument("--sampler", default="euler", choices=["euler", "heun"], help="ODE solver (default: euler)")
+    p.add_argument("--guidance", type=float, default=1.0, help="CFG scale on the instruction (1: off)")
+    p.add_argument("--shift", type=float, default=1.0, help="SD3 time shift of the steps (1: uniform)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed")
+    return p
+
+
 PARSERS: dict[str, Callable[[], Parser]] = {
     "train-style": train_style, "train-base": train_base, "sample": sample, "generate": generate,
     "ablation": ablation, "demo": demo, "sweep": sweep, "train-evaluators": train_evaluators, "train-csd": train_csd,
+    "train-editor": train_editor, "train-edit": train_edit, "edit": edit,
 }
 
 

@@ -173,8 +173,66 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     # off the chain: guidance without decoupling, so each of the two can be judged on its own (shares dora's fine-tune)
     Variant("dora_rb", "dora", "instance", True, "DoRA + RB-Modulation, instance token (no decoupling)"),
     # Custom Diffusion (Kumari et al. 2023): full cross-attention K/V weights + the instance token, the baseline's
-    # captions. Full weights want their own lr (chosen on the validation styles). Not in the default ablation
-    # (`gdlib ablation --variants baseline,custom` adds the row; notebook 07 compares it with DoRA)
+    # captions. lr chosen on the VALIDATION styles watercolor + mosaic (150 steps, 12 unseen objects each, seed 0),
+    # mean Final: 2e-4 0.200 (Style stays the base's), 1e-3 0.167, 2e-3 0.206, 8e-3 0.128 (most Style, content lost).
+    # Not in the default ablation (`gdlib ablation --variants baseline,custom` adds the row; notebook 07 uses it)
     Variant("custom", "custom", "instance", False, "Custom Diffusion: cross-attention K/V + instance token",
             lr=2e-3, default=False),
 )}
+
+
+# ------------------------------------------------------------------------------------------ the DiT editor (nb 08)
+EDIT_KINDS = ("restyle", "swap")
+
+
+@dataclass
+class DiTConfig:
+    """Sizes of the small diffusion-transformer editor (gdlib.models.dit), saved next to its weights. Defaults: small
+    enough to pretrain on 2 CPU cores (32 px, patch 4: 64 target + 64 source + 12 text tokens per sequence)."""
+    image_size: int = opt(32, "image size in px (square)")
+    patch: int = opt(4, "patch size: 32 px / 4 = an 8x8 grid of tokens per image", choices=(1, 2, 4, 8))
+    width: int = opt(96, "transformer width (token dimension)")
+    depth: int = opt(4, "transformer blocks (adaLN-Zero, joint text + source + target attention)")
+    heads: int = opt(4, "attention heads")
+    mlp_ratio: int = opt(4, "MLP hidden width / width")
+    text_width: int = opt(64, "instruction-encoder width (gdlib.models.text.TextEncoder)")
+    text_layers: int = opt(1, "instruction-encoder layers")
+    max_length: int = opt(12, "instruction tokens including <bos> and <eos>")
+
+
+@dataclass
+class EditorConfig:
+    """Knobs of the editor's pretraining (`gdlib train-editor`): flow matching on ToyWorld edit pairs of the KNOWN
+    styles; the budget is whichever of steps / minutes runs out first (summed over resumes)."""
+    out_dir: str = opt("runs/editor", "run directory (resumable checkpoint, exported editor)", flag="--out")
+    steps: int = opt(20_000, "step budget (total over resumes)")
+    minutes: float = opt(60.0, "training wall-time budget in minutes (total over resumes)")
+    batch_size: int = opt(32, "edit pairs per step", flag="--batch")
+    lr: float = opt(1e-3, "peak learning rate (AdamW, linear warmup, then constant)")
+    warmup_steps: int = opt(100, "linear warmup steps", flag="--warmup")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    grad_clip: float = opt(1.0, "gradient-norm clip (0: off)")
+    cond_drop: float = opt(0.1, "instruction dropout (for classifier-free guidance on the instruction)")
+    edits: list[str] = opt(help="edit kinds to draw (comma list of restyle, swap)", factory=lambda: list(EDIT_KINDS))
+    t_sampling: str = opt("logit_normal", "training times: uniform, or logit-normal as SD3 (Esser et al. 2024)",
+                          choices=("uniform", "logit_normal"))
+    seed: int = opt(0, "seed of init, pairs, times and noise")
+    checkpoint_every: int = opt(200, "steps between resumable checkpoints (0: only at the end)")
+    log_every: int = opt(10, "steps between loss-history entries")
+    model: DiTConfig = field(default_factory=DiTConfig)
+
+
+@dataclass
+class EditLoRAConfig:
+    """Knobs of EditLoRA (PhotoDoodle, Huang et al. 2025): a few-shot LoRA on the pretrained editor for one new edit."""
+    adapter: str = opt("lora", "lora | dora", choices=("lora", "dora"))
+    rank: int = opt(4, "adapter rank r")
+    alpha: float | None = opt(None, "adapter scale numerator (s = alpha / r); default: rank", type=float)
+    targets: list[str] = opt(help="module names to adapt (comma list; the DiT blocks' attention projections)",
+                             factory=lambda: list(DEFAULT_TARGETS))
+    steps: int = opt(300, "optimizer steps")
+    lr: float = opt(2e-3, "learning rate")
+    batch_size: int = opt(8, "pairs per step", flag="--batch")
+    t_sampling: str = opt("logit_normal", "training times (as EditorConfig)", choices=("uniform", "logit_normal"))
+    grad_clip: float = opt(1.0, "gradient-norm clip (0: off)")
+    seed: int = opt(0, "seed of batches, times, noise and adapter init")

@@ -42,6 +42,23 @@ def noised_batch(schedule, x0: np.ndarray, rng: np.random.Generator) -> tuple[np
     return x_t, t, np.asarray(schedule.training_target(x0, eps, t), np.float32)
 
 
+def flow_batch(x0: np.ndarray, rng: np.random.Generator, t_sampling: str = "uniform"
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flow matching's batch (gdlib.flow): draw eps ~ N(0, I), then t ~ U(0, 1) or logit-normal(0, 1) (SD3, Esser et
+    al. 2024), in that order -> (x_t, t, target) with x_t = (1 - t) x0 + t eps and the velocity target eps - x0."""
+    x0 = np.asarray(x0, np.float32)
+    eps = rng.standard_normal(x0.shape).astype(np.float32)
+    if t_sampling == "uniform":
+        t = rng.random(len(x0))
+    elif t_sampling == "logit_normal":
+        t = 1.0 / (1.0 + np.exp(-rng.standard_normal(len(x0))))
+    else:
+        raise ValueError(f"t_sampling must be 'uniform' or 'logit_normal', got {t_sampling!r}")
+    t = t.astype(np.float32)
+    tb = t.reshape((-1,) + (1,) * (x0.ndim - 1))
+    return ((1.0 - tb) * x0 + tb * eps).astype(np.float32), t, (eps - x0).astype(np.float32)
+
+
 def denoising_loss(unet, x_t: np.ndarray, t: np.ndarray, context, target: np.ndarray,
                    weights: np.ndarray | None = None) -> "jt.Var":
     """Per-sample loss w_i * mean ||f(x_t, t, c) - target||^2 (Ho et al. 2020, Eq. 14, weighted): a [B] jt.Var."""
