@@ -18,7 +18,7 @@ from .. import runtime
 jt = runtime.setup_jittor()
 from jittor import nn  # noqa: E402
 
-from .unet import ANY, Attention, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D  # noqa: E402
+from .layers import ANY, Attention, Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D  # noqa: E402
 
 EPS = 1e-6
 
