@@ -117,7 +117,7 @@ def test_dora_loads_in_peft_and_diffusers(pair, tmp_path):
 
 
 def test_few_shot_finetune_lowers_the_loss(gd_folder):
-    """gdlib.sd.finetune on the tiny SD folder gdlib writes itself (tests/test_sd_models.py, no torch): 3 images at
+    """gdlib.sd.finetune on the tiny SD folder gdlib writes itself (gdlib.sd.tiny, no torch): 3 images at
     32 px, LoRA on the attention projections with prior preservation, 12 steps on CPU; the loss on a fixed
     (noise, t) set goes down."""
     import time

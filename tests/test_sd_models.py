@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -22,13 +21,9 @@ jt = runtime.setup_jittor()
 
 from gdlib.sd import loader as L  # noqa: E402
 from gdlib.sd import pipeline as P  # noqa: E402
-from gdlib.sd.text_encoder import CLIPTextConfig, CLIPTextModel  # noqa: E402
-from gdlib.sd.unet import UNet2DConditionModel, UNetConfig  # noqa: E402
-from gdlib.sd.vae import AutoencoderKL, VAEConfig  # noqa: E402
-from test_sd_tokenizer import CORPUS, _learn_bpe  # noqa: E402
+from gdlib.sd.tiny import DOWN, UP, write_tiny_folder, write_tokenizer_files  # noqa: E402,F401
 
 PROMPTS = ["a watercolor painting of a cat", "a pixel painting of a castle by the sea"]
-DOWN, UP = ("CrossAttnDownBlock2D", "DownBlock2D"), ("UpBlock2D", "CrossAttnUpBlock2D")
 # SD 1.x: conv proj_in/proj_out, one head count, quick_gelu CLIP, epsilon, pad with <|endoftext|>, vocab.json+merges.txt.
 # SD 2.x: linear projections, per-block heads, upcast_attention, gelu (OpenCLIP), v-prediction, pad "!", tokenizer.json.
 VARIANTS = {
@@ -39,15 +34,6 @@ VARIANTS = {
 }
 RTOL = 2e-5        # per component: max |ours - ref| / max |ref|, float32 (measured <= 1.7e-6)
 IMAGE_ATOL = 2e-5  # 4-step DDIM image in [0, 1] (measured <= 2.6e-6)
-
-
-def write_tokenizer_files(d, pad: str) -> None:
-    """A tiny CLIP BPE vocabulary learned offline (as tests/test_sd_tokenizer.py does)."""
-    d.mkdir(parents=True, exist_ok=True)
-    vocab, merges = _learn_bpe(CORPUS)
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
-    (d / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77, "pad_token": pad}))
 
 
 def compare(tag: str, ours, ref, rtol: float | None = RTOL, atol: float | None = None) -> float:
@@ -256,52 +242,12 @@ def test_dora_names_and_outputs_line_up_with_peft(pair):
 
 
 # ----- the loader's errors (no torch) -------------------------------------------------------------------
-def _save(module, config, d, class_name: str, weights: str, rename=None, dtype=np.float32) -> None:
-    from safetensors.numpy import save_file
-    d.mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps({"_class_name": class_name, **asdict(config)}))
-    tensors = {(rename(k) if rename else k): v.numpy().astype(dtype) for k, v in module.state_dict().items()}
-    if rename is not None and "text_model.embeddings.token_embedding.weight" in tensors:
-        tensors["text_model.embeddings.position_ids"] = np.arange(77, dtype=np.int64)[None]
-    save_file(tensors, str(d / weights))
-
-
-def _old_vae_name(k: str) -> str:
-    """diffusers' pre-0.14 names of the VAE mid-block attention (still in some hub folders)."""
-    for new, old in ((".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."), (".to_out.0.", ".proj_attn.")):
-        k = k.replace(new, old)
-    return k
-
-
 @pytest.fixture(scope="module")
 def gd_folder(tmp_path_factory):
-    """A tiny SD folder written by gdlib itself (random weights, no torch), in the older formats hub folders still
-    have: an fp16 VAE variant with the old attention names, a text encoder under `text_model.` with position_ids."""
-    root = tmp_path_factory.mktemp("gdsd") / "pipe"
-    write_tokenizer_files(root / "tokenizer", "<|endoftext|>")
-    vocab = json.loads((root / "tokenizer" / "vocab.json").read_text())
-    unet_cfg = UNetConfig(block_out_channels=(16, 32), layers_per_block=1, cross_attention_dim=16, attention_head_dim=2,
-                          norm_num_groups=8, sample_size=8, down_block_types=DOWN, up_block_types=UP)
-    vae_cfg = VAEConfig(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, sample_size=16)
-    text_cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                              num_attention_heads=2, eos_token_id=vocab["<|endoftext|>"])
-    _save(UNet2DConditionModel(unet_cfg), unet_cfg, root / "unet", "UNet2DConditionModel",
-          "diffusion_pytorch_model.safetensors")
-    _save(AutoencoderKL(vae_cfg), vae_cfg, root / "vae", "AutoencoderKL", "diffusion_pytorch_model.fp16.safetensors",
-          rename=_old_vae_name, dtype=np.float16)
-    _save(CLIPTextModel(text_cfg), text_cfg, root / "text_encoder", None, "model.safetensors",
-          rename=lambda k: "text_model." + k)
-    (root / "scheduler").mkdir()
-    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(
-        {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-         "set_alpha_to_one": False, "steps_offset": 1, "skip_prk_steps": True, "clip_sample": False}))
-    index = {"_class_name": "StableDiffusionPipeline", "tokenizer": ["transformers", "CLIPTokenizer"],
-             "text_encoder": ["transformers", "CLIPTextModel"], "unet": ["diffusers", "UNet2DConditionModel"],
-             "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "PNDMScheduler"],
-             "safety_checker": [None, None], "feature_extractor": [None, None]}
-    (root / "model_index.json").write_text(json.dumps(index))
-    return root
+    """A tiny SD folder written by gdlib itself (gdlib.sd.tiny: random weights, no torch), in the older formats hub
+    folders still have: an fp16 VAE variant with the old attention names, a text encoder under `text_model.` with
+    position_ids, a PNDMScheduler config."""
+    return write_tiny_folder(tmp_path_factory.mktemp("gdsd") / "pipe", sample_size=8, legacy=True)
 
 
 def _copy(gd_folder, tmp_path):

@@ -3,52 +3,18 @@ CLIPTokenizer on the same files (parity extra) and on its own invariants."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 import numpy as np
 import pytest
 
 from gdlib.sd import tokenizer as T
-
-CORPUS = ("a watercolor painting of a cat, a pixel painting of a castle, painting of a car by the sea; "
-          "an ink sketch of two birds and 3 flowers, don't stop: it's the cat's toy! "
-          "a photo of a tree in the style of neon lights") * 3
-
-
-def _learn_bpe(corpus: str, n_merges: int = 120):
-    """A tiny BPE vocabulary learned the CLIP way (bytes -> unicode, '</w>' on the last symbol)."""
-    enc = T.bytes_to_unicode()
-    words = Counter("".join(enc[b] for b in p.encode()) for p in T.pre_tokenize(T.normalize(corpus)))
-    seqs = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in words}
-    merges = []
-    for _ in range(n_merges):
-        pairs = Counter()
-        for w, f in words.items():
-            s = seqs[w]
-            for a, b in zip(s, s[1:]):
-                pairs[(a, b)] += f
-        if not pairs:
-            break
-        best = max(pairs, key=lambda p: (pairs[p], p))
-        merges.append(best)
-        for w in seqs:
-            s, out, k = seqs[w], [], 0
-            while k < len(s):
-                if k < len(s) - 1 and (s[k], s[k + 1]) == best:
-                    out.append(s[k] + s[k + 1]); k += 2
-                else:
-                    out.append(s[k]); k += 1
-            seqs[w] = out
-    base = list(enc.values())
-    toks = base + [c + "</w>" for c in base] + ["".join(m) for m in merges] + [T.BOS, T.EOS]
-    return {t: i for i, t in enumerate(dict.fromkeys(toks))}, merges
-
+from gdlib.sd.tiny import CORPUS, learn_bpe  # the tiny vocabulary of gdlib's tiny SD folders
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     d = tmp_path_factory.mktemp("sd") / "tokenizer"
     d.mkdir()
-    vocab, merges = _learn_bpe(CORPUS)
+    vocab, merges = learn_bpe(CORPUS)
     (d / "vocab.json").write_text(json.dumps(vocab))
     (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
     (d / "special_tokens_map.json").write_text(json.dumps({"pad_token": T.EOS, "bos_token": T.BOS, "eos_token": T.EOS}))
