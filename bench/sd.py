@@ -14,27 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-
-def _paired(f_jt, f_torch, repeats: int) -> tuple[float, float, float]:
-    """Median Jittor time, median PyTorch time and median of the per-round ratios (as bench/unet.py).
-
-    The two run in alternation (order swapped every round), so a change in machine load between the start and the
-    end of the run hits both alike; the ratio of one round compares times taken seconds apart."""
-    f_jt(), f_torch()  # warm-up (Jittor compiles here)
-    tj, tt = [], []
-    for r in range(repeats):
-        for f, ts in ((f_jt, tj), (f_torch, tt)) if r % 2 == 0 else ((f_torch, tt), (f_jt, tj)):
-            t = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t)
-    ratios = [a / b for a, b in zip(tj, tt)]
-    return statistics.median(tj), statistics.median(tt), statistics.median(ratios)
 
 
 def main(argv=None) -> int:
@@ -52,6 +34,7 @@ def main(argv=None) -> int:
     os.environ["OMP_NUM_THREADS"] = str(threads)   # Jittor's oneDNN / OpenMP threads, set before it loads
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from gdlib import runtime
+    from gdlib.timing import paired
 
     jt = runtime.setup_jittor()
     import numpy as np
@@ -131,9 +114,9 @@ def main(argv=None) -> int:
 
     print(f"\n{a.repeats} rounds, Jittor and PyTorch alternating; medians, and the median of the per-round ratios")
     print(f"{'':8s}{'jittor s':>10s}{'torch s':>10s}{'ratio':>8s}")
-    jt_train, torch_train, r_train = _paired(jt_step, torch_step, a.repeats)
+    jt_train, torch_train, r_train = paired(jt_step, torch_step, a.repeats)
     print(f"train   {jt_train:10.3f}{torch_train:10.3f}{r_train:8.2f}   (UNet forward + backward + AdamW, batch {B})")
-    jt_s, torch_s, r_s = _paired(jt_sample, torch_sample, a.repeats)
+    jt_s, torch_s, r_s = paired(jt_sample, torch_sample, a.repeats)
     print(f"sample  {jt_s:10.3f}{torch_s:10.3f}{r_s:8.2f}   ({a.steps} DDIM steps, CFG, {a.sample_batch} prompts, "
           "text encoder + VAE decode included)")
     return 0

@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import sys
-import time
 
 
 # ----- the PyTorch twin (same module names as gdlib.models.unet / gdlib.models.text) -----------------
@@ -299,22 +297,6 @@ def torch_ddim_cfg(unet, text, ids, uncond_ids, x_T, schedule, steps, w):
     return x
 
 
-def _paired(f_jt, f_torch, repeats: int) -> tuple[float, float, float]:
-    """Median Jittor time, median PyTorch time and median of the per-round ratios.
-
-    The two run in alternation (order swapped every round), so a change in machine load between the start and the
-    end of the run hits both alike; the ratio of one round compares times taken seconds apart."""
-    f_jt(), f_torch()  # warm-up (Jittor compiles here)
-    tj, tt = [], []
-    for r in range(repeats):
-        for f, ts in ((f_jt, tj), (f_torch, tt)) if r % 2 == 0 else ((f_torch, tt), (f_jt, tj)):
-            t = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t)
-    ratios = [a / b for a, b in zip(tj, tt)]
-    return statistics.median(tj), statistics.median(tt), statistics.median(ratios)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kernels", choices=["on", "off", "both"], default="both", help="gdlib.kernels.use_kernels")
@@ -331,6 +313,7 @@ def main(argv=None) -> int:
         os.environ["OMP_NUM_THREADS"] = str(a.threads)
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from gdlib import kernels, runtime
+    from gdlib.timing import paired
 
     jt = runtime.setup_jittor()
     import numpy as np
@@ -407,8 +390,8 @@ def main(argv=None) -> int:
     print(f"{'':14s}{'jittor s':>10s}{'torch s':>10s}{'ratio':>8s}")
     for on in modes:
         with kernels.kernels_enabled(on):
-            jt_train, torch_train, r_train = _paired(jt_step, torch_step, a.repeats)
-            jt_sample, torch_sample_s, r_sample = _paired(lambda: generate(model, sp, a.steps, 4.0, seed=1),
+            jt_train, torch_train, r_train = paired(jt_step, torch_step, a.repeats)
+            jt_sample, torch_sample_s, r_sample = paired(lambda: generate(model, sp, a.steps, 4.0, seed=1),
                                                           torch_sample, a.repeats)
         tag = "on " if on else "off"
         print(f"train  k={tag}  {jt_train:10.3f}{torch_train:10.3f}{r_train:8.2f}")

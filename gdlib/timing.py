@@ -41,3 +41,19 @@ def interleaved(runs: list[tuple[str, Callable[[], Any]]], repeats: int, warmup:
             _sync(fn())
             times[name].append(time.perf_counter() - t0)
     return times
+
+
+def paired(f_a: Callable[[], Any], f_b: Callable[[], Any], repeats: int) -> tuple[float, float, float]:
+    """(median time of f_a, median time of f_b, median of the per-round ratios a / b), after one untimed call each.
+
+    The two run in alternation with the order swapped every round, so a change in machine load between the start and
+    the end of the run hits both alike, and the ratio of one round compares times taken seconds apart. The closures
+    must finish their work before returning (Jittor: jt.sync_all())."""
+    f_a(), f_b()
+    ta, tb = [], []
+    for r in range(repeats):
+        for f, ts in ((f_a, ta), (f_b, tb)) if r % 2 == 0 else ((f_b, tb), (f_a, ta)):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb), statistics.median([a / b for a, b in zip(ta, tb)])
