@@ -9,8 +9,10 @@ from typing import Any
 import numpy as np
 
 
-def _atomic_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str | os.PathLike, write) -> Path:
@@ -22,6 +24,7 @@ def write_atomic(path: str | os.PathLike, write) -> Path:
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) create 0600 files; give the user's usual mode
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -44,14 +47,7 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, np.ndarray], metada
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (metadata or {}).items()}
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    tmp = _atomic_path(path)
-    try:
-        save_file(arrays, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_atomic(path, lambda tmp: save_file(arrays, str(tmp), metadata=meta))
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -178,7 +178,7 @@ EDITOR_OPTIONS = ("out_dir", "steps", "minutes", "batch_size", "lr", "warmup_ste
                   "t_sampling", "seed", "checkpoint_every")
 DIT_OPTIONS = ("patch", "width", "depth", "heads", "text_width", "text_layers")
 EDIT_LORA_OPTIONS = ("adapter", "rank", "alpha", "targets", "steps", "lr", "batch_size", "t_sampling", "seed")
-DEFAULT_EDITOR = "runs/editor/editor.safetensors"
+DEFAULT_EDITOR = str(C.DEFAULT_EDITOR)
 
 
 def train_editor() -> Parser:
@@ -188,6 +188,9 @@ def train_editor() -> Parser:
         "over all resumes. Writes OUT/editor.safetensors."))
     add_config_args(p, C.EditorConfig, EDITOR_OPTIONS)
     add_config_args(p, C.DiTConfig, DIT_OPTIONS)
+    p.add_argument("--export", default=None, help="after training: measure the editor on held-out pairs and write "
+                   "editor.safetensors + model card here")
+    p.add_argument("--eval-pairs", type=int, default=60, help="held-out pairs per edit kind for --export")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

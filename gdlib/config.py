@@ -20,6 +20,7 @@ DEFAULT_GUIDANCE = 1.5
 
 # the shipped base checkpoint; GDLIB_BASE_CHECKPOINT points elsewhere (e.g. a run's exported weights)
 DEFAULT_BASE = Path(os.environ.get("GDLIB_BASE_CHECKPOINT") or DATA_DIR / "base" / "base.safetensors")
+DEFAULT_EDITOR = DATA_DIR / "editor" / "editor.safetensors"  # the shipped DiT editor (notebook 08)
 
 # peft's usual LoRA placement: the attention projections
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out")

@@ -6,6 +6,8 @@ import json
 import shlex
 from pathlib import Path
 
+import numpy as np
+
 from .checkpoint import write_text_atomic
 from .cliutil import config_kwargs
 from .config import DiTConfig, EditLoRAConfig, EditorConfig
@@ -22,7 +24,41 @@ def main_train_editor(argv: list[str]) -> int:
     res = train_editor(cfg, progress=not a.no_progress)
     h = res["history"]["loss"]
     print(f"steps {res['state']['step']}, last logged loss {h[-1]:.4f}" if h else "no steps run")
+    if a.export:
+        export_editor(res, cfg, a.export, "gdlib train-editor " + " ".join(shlex.quote(x) for x in argv),
+                      a.eval_pairs)
     return 0
+
+
+def export_editor(res: dict, cfg: EditorConfig, out_dir: str, command: str, eval_pairs: int) -> Path:
+    """Measure the trained editor on held-out pairs; write OUT/editor.safetensors (card in its metadata) and
+    OUT/model_card.json / .md."""
+    import sys
+    from dataclasses import asdict
+
+    from . import runtime, toyworld
+    from .checkpoint import write_model_card
+    from .edit import evaluate_editor
+
+    metrics = evaluate_editor(res["editor"], n=eval_pairs)
+    for kind, row in metrics["kinds"].items():
+        print(f"{kind}: " + "; ".join(f"{name} " + ", ".join(f"{k} {v:.3f}" for k, v in m.items())
+                                      for name, m in row.items()))
+    h = res["history"]["loss"]
+    card = {"command": command,
+            "data": f"ToyWorld data version {toyworld.DATA_VERSION}: edit pairs {cfg.edits} drawn at random among the "
+                    f"known styles {toyworld.KNOWN_STYLES} and objects {toyworld.OBJECTS} (fresh pairs every step)",
+            "steps": res["state"]["step"], "train_minutes": round(res["state"]["elapsed"] / 60, 1),
+            "batch_size": cfg.batch_size, "parameters": res["editor"].num_parameters(),
+            "final_loss": round(float(np.mean(h[-10:])), 5) if h else None,
+            "metrics": metrics, "train_config": {k: v for k, v in asdict(cfg).items() if k != "model"},
+            "model_config": asdict(cfg.model),
+            "backend": f"{runtime.info()['backend']}, python {sys.version.split()[0]}"}
+    out = Path(out_dir)
+    path = res["editor"].save(out / "editor.safetensors", {"model_card": card})
+    write_model_card(out, card, title="gdlib DiT editor (flow matching on ToyWorld edit pairs)")
+    print(f"exported {path} ({path.stat().st_size / 2**20:.2f} MiB) + model card")
+    return path
 
 
 def main_train_edit(argv: list[str]) -> int:

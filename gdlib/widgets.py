@@ -200,3 +200,34 @@ def ablation_explorer(result: dict) -> Explorer:
                   f"Final {s['final']:.3f}  (content {s['content_accuracy']:.2f}, leakage {s['leakage']:.2f})")
 
     return Explorer(fn, controls, render=render)  # call .update() once to draw the first grid
+
+
+def edit_explorer(editor, sources, captions, titles=None, seed: int = 0) -> Explorer:
+    """Instruction / ODE steps / sampler / instruction CFG -> the DiT editor's edits of a few source images (pure
+    function: gdlib.edit.edit). `captions`: the instructions offered (e.g. restyles and object swaps)."""
+    import ipywidgets as W
+    import numpy as np
+
+    from . import plot
+    from .edit import edit
+
+    captions = list(captions)
+    controls = {
+        "caption": W.Dropdown(options=captions, value=captions[0], description="instruction"),
+        "steps": W.IntSlider(value=20, min=1, max=40, description="ODE steps"),
+        "sampler": W.Dropdown(options=["euler", "heun"], value="euler", description="sampler"),
+        "guidance": W.FloatSlider(value=1.0, min=1.0, max=4.0, step=0.5, description="CFG scale"),
+    }
+
+    def fn(caption: str, steps: int, sampler: str, guidance: float):
+        return edit(editor, sources, caption, steps=steps, sampler=sampler, guidance_scale=guidance, seed=seed)
+
+    def render(result):
+        import matplotlib.pyplot as plt
+        n = len(sources)
+        fig = plot.image_grid(np.concatenate([sources, result]), nrow=n,
+                              titles=list(titles or [f"source {i}" for i in range(n)]) + ["edited"] * n)
+        plt.show()
+        plt.close(fig)
+
+    return Explorer(fn, controls, render=render)  # call .update() once to draw the first grid

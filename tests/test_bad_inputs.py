@@ -113,3 +113,17 @@ def test_writers_are_atomic_a_failed_write_keeps_the_old_file(tmp_path):
         write_atomic(path, dies_half_way)
     assert path.read_text() == '{"old": 1}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["card.json"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """safetensors creates its files 0600; written through write_atomic they get 0666 minus the umask like any file."""
+    import os
+
+    from gdlib.checkpoint import save_tensors
+
+    old = os.umask(0o022)
+    try:
+        path = save_tensors(tmp_path / "w.safetensors", {"a": np.zeros(2, np.float32)})
+    finally:
+        os.umask(old)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)

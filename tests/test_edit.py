@@ -235,7 +235,12 @@ def test_cli_train_editor_train_edit_and_edit(tmp_path, capsys):
 
     run = tmp_path / "run"
     tiny = ["--patch", "4", "--width", "32", "--depth", "2", "--heads", "2", "--text-width", "16", "--text-layers", "1"]
-    assert cli.main(["train-editor", "--out", str(run), "--steps", "2", "--batch", "2", "--no-progress", *tiny]) == 0
+    assert cli.main(["train-editor", "--out", str(run), "--steps", "2", "--batch", "2", "--no-progress", *tiny,
+                     "--export", str(tmp_path / "export"), "--eval-pairs", "3"]) == 0
+    card = json.loads((tmp_path / "export" / "model_card.json").read_text())
+    assert card["steps"] == 2 and card["command"].startswith("gdlib train-editor --out")
+    assert card["metrics"]["n_per_kind"] == 3 and set(card["metrics"]["kinds"]) == {"restyle", "swap"}
+    assert Editor.load(tmp_path / "export" / "editor.safetensors").num_parameters() == card["parameters"]
     edit.write_pairs(tmp_path / "pairs", [edit.make_pair("restyle", "flat", "cat", s, "watercolor") for s in range(3)])
     lora = tmp_path / "w.safetensors"
     assert cli.main(["train-edit", str(tmp_path / "pairs"), "--out", str(lora), "--base",
@@ -249,3 +254,42 @@ def test_cli_train_editor_train_edit_and_edit(tmp_path, capsys):
     assert cli.main(["train-edit", str(tmp_path / "nope"), "--out", str(lora), "--base",
                      str(run / "editor.safetensors")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_score_pairs_against_exact_targets():
+    pairs = edit.heldout_pairs("swap", 4, seed=3)
+    b = edit.stack_pairs(pairs)
+    perfect = edit.score_pairs(b["targets"], pairs)
+    copied = edit.score_pairs(b["sources"], pairs)
+    assert np.all(perfect["background_mae"] == 0) and np.all(np.isinf(perfect["psnr"]) | (perfect["psnr"] > 90))
+    assert np.all(copied["background_mae"] == 0) and copied["psnr"].max() < perfect["psnr"].min()
+    assert perfect["content_ok"].mean() > copied["content_ok"].mean()   # the swap's target object shows in the target
+    assert edit.heldout_pairs("swap", 4, seed=3)[0]["caption"] == pairs[0]["caption"]   # a fixed held-out stream
+
+
+def test_edit_explorer_headless():
+    from gdlib import widgets
+
+    ed = _tiny_editor()
+    _randomize_zero_layers(ed)
+    src = edit.stack_pairs([edit.make_pair("swap", "flat", "cat", 1, "car")])["sources"]
+    ex = widgets.edit_explorer(ed, src, ["replace cat with car", "make it pixel"])
+    first = ex.update()
+    assert ex.error is None and first.shape == (1, 3, 32, 32)
+    ex.controls["caption"].value = "make it pixel"
+    assert ex.error is None and not np.allclose(ex.result, first)
+    ex.controls["steps"].value = 2
+    ex.controls["sampler"].value = "heun"
+    ex.controls["guidance"].value = 2.0
+    assert ex.error is None and ex.result.shape == first.shape
+
+
+def test_the_shipped_editor_loads_and_has_its_card():
+    from gdlib.config import DEFAULT_EDITOR
+
+    ed = Editor.load(DEFAULT_EDITOR)
+    card = json.loads((DEFAULT_EDITOR.parent / "model_card.json").read_text())
+    assert ed.num_parameters() == card["parameters"] and card["train_minutes"] <= 60
+    assert card["command"].startswith("gdlib train-editor")
+    sw = card["metrics"]["kinds"]["swap"]["editor"]
+    assert sw["content_accuracy"] > card["metrics"]["kinds"]["swap"]["copy_source"]["content_accuracy"]

@@ -70,8 +70,8 @@ def adapter_config(model: nn.Module) -> dict:
 
 
 def save_adapter(model: nn.Module, path: str | Path, base_id: str | None = None, extra: dict | None = None) -> Path:
-    """Write the adapter (only) to a .safetensors file with its config and the base model's fingerprint."""
-    from safetensors.numpy import save_file
+    """Write the adapter (only) to a .safetensors file with its config and the base model's fingerprint (atomically)."""
+    from ..checkpoint import save_tensors
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"save_adapter(): {path} should end in .safetensors")
@@ -81,9 +81,7 @@ def save_adapter(model: nn.Module, path: str | Path, base_id: str | None = None,
         meta["base_id"] = str(base_id)
     if extra:
         meta["extra"] = json.dumps(extra)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in adapter_state_dict(model).items()}, str(path), metadata=meta)
-    return path
+    return save_tensors(path, adapter_state_dict(model), meta)
 
 
 def read_adapter(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:

@@ -122,12 +122,12 @@ class Evaluators:
 
 def save_evaluators(ev: Evaluators, out_dir: str | Path) -> Path:
     """Write content/style weights as safetensors plus the JSON model card; return the folder."""
-    from safetensors.numpy import save_file
+    from ..checkpoint import save_tensors
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for net, name in ((ev.content_net, CONTENT_FILE), (ev.style_net, STYLE_FILE)):
-        save_file({k: v.numpy().astype(np.float32) for k, v in net.state_dict().items()}, str(out / name))
+        save_tensors(out / name, {k: v.numpy().astype(np.float32) for k, v in net.state_dict().items()})
     card = dict(ev.card, objects=ev.objects, styles=ev.styles, size=ev.size)
     write_text_atomic(out / CARD_FILE, json.dumps(card, indent=2) + "\n")
     write_text_atomic(out / "README.md", model_card_markdown(card))

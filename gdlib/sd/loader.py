@@ -26,7 +26,7 @@ jt = runtime.setup_jittor()
 
 from ..schedules import NoiseSchedule  # noqa: E402
 from .text_encoder import CLIPTextConfig, CLIPTextModel  # noqa: E402
-from .tokenizer import CLIPTokenizer  # noqa: E402
+from .tokenizer import CLIPTokenizer, special_tokens_of  # noqa: E402
 from .unet import ANY, UNET_NEUTRAL, UNet2DConditionModel, UNetConfig  # noqa: E402
 from .vae import VAE_NEUTRAL, AutoencoderKL, VAEConfig  # noqa: E402
 
@@ -213,7 +213,8 @@ def load_tokenizer(folder: str | Path) -> CLIPTokenizer:
         return CLIPTokenizer.from_folder(d)
     if not (d / "tokenizer.json").is_file():
         raise ValueError(f"tokenizer: {d} has neither vocab.json + merges.txt nor tokenizer.json")
-    model = read_json(d / "tokenizer.json", "tokenizer").get("model", {})
+    tok_json = read_json(d / "tokenizer.json", "tokenizer")
+    model = tok_json.get("model", {})
     if model.get("type") != "BPE" or model.get("end_of_word_suffix") != "</w>":
         raise ValueError(f"tokenizer: {d / 'tokenizer.json'} is not a CLIP BPE tokenizer")
     merges = [tuple(m.split()) if isinstance(m, str) else tuple(m) for m in model["merges"]]
@@ -221,7 +222,10 @@ def load_tokenizer(folder: str | Path) -> CLIPTokenizer:
     pad = cfg.get("pad_token") or "<|endoftext|>"
     pad = pad.get("content") if isinstance(pad, dict) else pad
     ml = cfg.get("model_max_length")
-    return CLIPTokenizer(model["vocab"], merges, pad, ml if isinstance(ml, int) and 0 < ml < 10 ** 6 else 77)
+    # the added tokens tokenizer.json declares (with their `normalized` flags), then the config's (a later one wins)
+    specials = special_tokens_of(tok_json) + special_tokens_of(cfg)
+    return CLIPTokenizer(model["vocab"], merges, pad, ml if isinstance(ml, int) and 0 < ml < 10 ** 6 else 77,
+                         special_tokens=specials)
 
 
 def load_schedule(folder: str | Path) -> tuple[NoiseSchedule, dict]:

@@ -75,24 +75,23 @@ def adapter_tensors(unet, prefix: str) -> dict[str, np.ndarray]:
 def save_diffusers_lora(unet, folder: str | Path, weight_name: str = WEIGHT_NAME) -> Path:
     """Write the UNet's adapter as StableDiffusionPipeline.save_lora_weights does; returns the file's path.
     Load it with `pipe.load_lora_weights(folder)` (or `(folder, weight_name=...)`)."""
-    from safetensors.numpy import save_file
+    from ..checkpoint import save_tensors
     cfg = lora_config(unet)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"format": "pt", METADATA_KEY: json.dumps({f"unet.{k}": v for k, v in cfg.items()}, indent=2, sort_keys=True)}
     path = folder / weight_name
-    save_file(adapter_tensors(unet, "unet."), str(path), metadata=meta)
-    return path
+    return save_tensors(path, adapter_tensors(unet, "unet."), meta)
 
 
 def save_peft_adapter(unet, folder: str | Path, base_model_name_or_path: str | None = None) -> Path:
     """Write a peft adapter folder (adapter_config.json + adapter_model.safetensors) for the diffusers UNet:
     `peft.PeftModel.from_pretrained(unet, folder)` rebuilds the same LoRA / DoRA. Returns the folder."""
-    from safetensors.numpy import save_file
+    from ..checkpoint import save_tensors, write_text_atomic
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model_name_or_path,
            "inference_mode": True, "init_lora_weights": True, **lora_config(unet)}
-    (folder / PEFT_CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True))
-    save_file(adapter_tensors(unet, "base_model.model."), str(folder / PEFT_WEIGHT_NAME), metadata={"format": "pt"})
+    write_text_atomic(folder / PEFT_CONFIG_NAME, json.dumps(cfg, indent=2, sort_keys=True))
+    save_tensors(folder / PEFT_WEIGHT_NAME, adapter_tensors(unet, "base_model.model."), {"format": "pt"})
     return folder
