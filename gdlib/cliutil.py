@@ -36,6 +36,14 @@ def one_line(err: BaseException) -> str:
     return text
 
 
+def is_sd_folder(path) -> bool:
+    """A diffusers pipeline folder (it holds model_index.json): commands route it to gdlib.sd."""
+    from pathlib import Path
+
+    p = Path(path)
+    return p.is_dir() and (p / "model_index.json").is_file()
+
+
 def fail(prog: str, err: BaseException | str) -> int:
     """Print the policy's one error line for `prog` and return the exit code."""
     msg = err if isinstance(err, str) else one_line(err)

@@ -29,8 +29,12 @@ def train_style() -> Parser:
         "jointly, each with its own token (Custom Diffusion's multi-concept training; --captions instance). Rerun the "
         "same command to resume from OUT's checkpoint (OUT without .safetensors + .ckpt.safetensors)."))
     p.add_argument("style_dir", nargs="+", help="challenge style folder(s), e.g. toy_challenge/00")
-    p.add_argument("--out", required=True, help="style file to write, e.g. runs/styles/00.safetensors")
-    _base_option(p)
+    p.add_argument("--out", required=True, help="style file to write, e.g. runs/styles/00.safetensors (on an SD "
+                   "folder: the diffusers LoRA file)")
+    p.add_argument("--base", default=str(C.DEFAULT_BASE),
+                   help="base model (.safetensors export or train-base checkpoint) or a Stable Diffusion 1.x / 2.x "
+                        "diffusers folder (LoRA / DoRA on the attention projections, instance or dreambooth "
+                        "captions; writes a file diffusers' load_lora_weights reads)")
     add_config_args(p, C.StyleConfig, STYLE_OPTIONS)
     p.add_argument("--cache-dir", default=None, help="class-image cache (default: $GDLIB_CACHE or ~/.cache/gdlib)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -67,9 +71,13 @@ def train_base() -> Parser:
 def sample() -> Parser:
     p = Parser(prog="gdlib sample", description="Generate images with CFG + DDIM.")
     p.add_argument("prompts", nargs="+", help='e.g. "a pixel painting of a cat"')
-    _base_option(p, "--checkpoint")
+    p.add_argument("--checkpoint", default=str(C.DEFAULT_BASE),
+                   help="base model (.safetensors export or train-base checkpoint) or a Stable Diffusion 1.x / 2.x "
+                        "diffusers folder")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
-    p.add_argument("--guidance", type=float, default=C.DEFAULT_GUIDANCE, help="classifier-free guidance scale")
+    p.add_argument("--guidance", type=float, default=None,
+                   help=f"classifier-free guidance scale (default: {C.DEFAULT_GUIDANCE} for a ToyWorld model, 7.5 for "
+                        "an SD folder)")
     p.add_argument("--n", type=int, default=1, help="images per prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/sample.png", help="PNG grid to write")

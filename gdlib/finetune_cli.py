@@ -6,7 +6,7 @@ from pathlib import Path
 
 from . import runtime
 from .checkpoint import write_text_atomic
-from .cliutil import config_kwargs, fail
+from .cliutil import config_kwargs, fail, is_sd_folder
 from .config import StyleConfig
 from .finetune import finetune_style, style_prompt
 
@@ -21,6 +21,9 @@ def main_train_style(argv: list[str]) -> int:
         cfg.new_words = [w.lower() for w in cfg.new_words]
         if not cfg.targets:
             raise ValueError("--targets needs at least one module name, e.g. to_q,to_k,to_v,to_out,conv1,conv2")
+        if is_sd_folder(a.base):
+            from .sd.cli import main_train_style as train_on_sd_folder
+            return train_on_sd_folder(a, cfg, argv)
         style = a.style_dir[0] if len(a.style_dir) == 1 else a.style_dir
         res = finetune_style(style, a.out, cfg, base=a.base, cache_dir=a.cache_dir, progress=not a.no_progress)
     except (ValueError, FileNotFoundError) as err:

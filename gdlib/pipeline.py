@@ -192,10 +192,15 @@ def main_sample(argv: list[str]) -> int:
 
     from .commands import parse
 
+    from .cliutil import is_sd_folder
+
     a = parse("sample", argv)
+    if is_sd_folder(a.checkpoint):
+        from .sd.cli import main_sample as sample_sd_folder
+        return sample_sd_folder(a)
     model = TextToImage.load(a.checkpoint)
     prompts = [q for q in a.prompts for _ in range(a.n)]
-    images = generate(model, prompts, a.steps, a.guidance, seed=a.seed)
+    images = generate(model, prompts, a.steps, DEFAULT_GUIDANCE if a.guidance is None else a.guidance, seed=a.seed)
     from . import plot
 
     fig = plot.image_grid(images, nrow=a.n if a.n > 1 else min(len(prompts), 8),

@@ -94,8 +94,8 @@ def _interrupt(signum, frame):
 
 
 @pytest.fixture
-def driver(browser_paths):
-    d = make_driver(*browser_paths)
+def driver(browser_paths, tmp_path):
+    d = make_driver(*browser_paths, profile_dir=tmp_path / "profile")   # a fresh browser per notebook
     try:
         yield d
     finally:

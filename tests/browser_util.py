@@ -92,8 +92,11 @@ class Lab:
                "--ServerApp.allow_root=True"]
         self.log_path = self.work_dir / "jupyter_lab.log"
         log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=self.root_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        # behind a shell that waits for it and always exits 0: Jittor (imported by this pytest process) ends the
+        # whole process at once when a direct child dies of a signal other than SIGTERM ("Caught SIGCHLD ... quick
+        # exit"), which a server killed at teardown would otherwise trigger
+        self.proc = subprocess.Popen(["/bin/sh", "-c", '"$@"; exit 0', "sh", *cmd], cwd=self.root_dir, env=env,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
@@ -139,13 +142,13 @@ class Lab:
             except OSError:
                 pass
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 pass
-        # whatever is left of the server and of the kernels it started: each kernel runs in a session of its own and
-        # outlives a killed server, so kernels are also found by their connection file, which lies in our work_dir
+        # whatever is left: the server (the shell's child) and its kernels, which run in sessions of their own and
+        # outlive a killed server, so they are found by their connection files, which lie in our work_dir
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            server = [self.proc.pid, *_descendants(self.proc.pid)] if self.proc.poll() is None else []
+            server = _descendants(self.proc.pid) if self.proc.poll() is None else []
             alive = [p for p in {*server, *_with_arg(f"{self.work_dir / 'runtime'}{os.sep}")} if _alive(p)]
             for p in alive:
                 try:
@@ -153,11 +156,12 @@ class Lab:
                 except (ProcessLookupError, PermissionError):
                     pass
             if alive:
-                time.sleep(2)
+                time.sleep(3)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            pass
+            self.proc.terminate()   # the shell; SIGTERM, which Jittor's SIGCHLD handler lets pass
+            self.proc.wait(timeout=10)
         self.proc = None
 
     def log_tail(self, n: int = 40) -> str:
@@ -213,12 +217,16 @@ def _write_json(path: Path, obj) -> None:
 
 
 # --------------------------------------------------------------------------------------------- the browser
-def make_driver(chromium: str, chromedriver: str, width: int = 1400, height: int = 1000):
+def make_driver(chromium: str, chromedriver: str, profile_dir: Path | None = None, width: int = 1400,
+                height: int = 1000):
+    """Headless Chromium under chromedriver; its profile in profile_dir (else chromedriver's own temporary one)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
+    if profile_dir is not None:
+        opts.add_argument(f"--user-data-dir={profile_dir}")
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
               f"--window-size={width},{height}", "--no-first-run", "--no-default-browser-check",
               "--disable-extensions", "--disable-background-timer-throttling",
