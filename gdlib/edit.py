@@ -358,12 +358,9 @@ def edit(editor: Editor, source_images: np.ndarray, captions: Sequence[str] | st
     """Edit float [N, 3, H, W] sources in [-1, 1] by instructions: integrate the flow ODE of the target from noise
     (t = 1) to t = 0 with Euler or Heun (gdlib.flow) over flow_timesteps(steps, shift); guidance_scale > 1 is CFG on
     the instruction, v = v("") + w (v(c) - v("")). Returns float32 [N, 3, H, W] clipped to [-1, 1]."""
-    src = np.asarray(source_images, np.float32)
-    if src.ndim == 3:
-        src = src[None]
-    captions = [captions] * len(src) if isinstance(captions, str) else list(captions)
-    if len(captions) != len(src):
-        raise ValueError(f"edit: {len(src)} source images but {len(captions)} captions")
+    from .imageio import image_batch
+
+    src, captions = image_batch(source_images, captions, "edit")
     samplers = {"euler": flow.sample_euler_flow, "heun": flow.sample_heun_flow}
     if sampler not in samplers:
         raise ValueError(f"edit: sampler must be one of {list(samplers)}, got {sampler!r}")

@@ -180,6 +180,17 @@ def load_predictions(root: str | Path, size: int = 32) -> dict[str, dict]:
     return out
 
 
+def image_batch(images, texts, who: str) -> tuple[np.ndarray, list[str]]:
+    """(float32 [N, 3, H, W], N texts) from one image or a batch and one text (repeated) or one per image."""
+    x = np.asarray(images, np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    texts = [texts] * len(x) if isinstance(texts, str) else list(texts)
+    if len(texts) != len(x):
+        raise ValueError(f"{who}: {len(x)} source images but {len(texts)} prompts")
+    return x, texts
+
+
 def to_uint8_hwc(images: np.ndarray) -> np.ndarray:
     """float [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]."""
     a = np.asarray(images, dtype=np.float32)

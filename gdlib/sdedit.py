@@ -30,14 +30,10 @@ def sdedit(model, sources: np.ndarray, prompts: Sequence[str] | str, strength: f
            callback: Callable | None = None) -> np.ndarray:
     """x_t0 = sqrt(abar_t0) x_src + sqrt(1 - abar_t0) eps (Ho et al. 2020, Eq. 4) at the first img2img timestep, then
     DDIM with CFG to t = 0. `model`: a gdlib TextToImage (with any adapter loaded). Returns float32 [N, 3, H, W]."""
+    from .imageio import image_batch
     from .pipeline import cfg_model
 
-    x_src = np.asarray(sources, np.float32)
-    if x_src.ndim == 3:
-        x_src = x_src[None]
-    prompts = [prompts] * len(x_src) if isinstance(prompts, str) else list(prompts)
-    if len(prompts) != len(x_src):
-        raise ValueError(f"sdedit: {len(x_src)} source images but {len(prompts)} prompts")
+    x_src, prompts = image_batch(sources, prompts, "sdedit")
     ts = img2img_timesteps(model.schedule, num_inference_steps, strength)
     if len(ts) == 0:
         return x_src.copy()

@@ -53,3 +53,13 @@ def test_sdedit_keeps_more_of_the_source_at_lower_strength():
     assert np.mean([ev.styles[int(i)] == "neon" for i in ev.predict_style(full)]) >= 0.75
     half = sdedit(model, src, neon, strength=0.5, num_inference_steps=20)
     assert [ev.objects[int(i)] for i in ev.predict_content(half)] == objs
+
+
+def test_one_or_many_prompts_and_a_clear_mismatch_error():
+    from gdlib.imageio import image_batch
+
+    x, texts = image_batch(np.zeros((3, 8, 8)), "a cat", "sdedit")
+    assert x.shape == (1, 3, 8, 8) and texts == ["a cat"]
+    assert image_batch(np.zeros((2, 3, 8, 8)), "a cat", "sdedit")[1] == ["a cat", "a cat"]
+    with pytest.raises(ValueError, match="sdedit: 2 source images but 3 prompts"):
+        sdedit(None, np.zeros((2, 3, 8, 8)), ["a", "b", "c"])
