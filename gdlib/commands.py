@@ -11,7 +11,8 @@ from .cliutil import Parser, add_config_args
 # the fields of each config the CLI exposes (in this order)
 STYLE_OPTIONS = ("adapter", "rank", "alpha", "targets", "steps", "lr", "batch_size", "resolution", "caption_mode",
                  "token", "attributes", "new_words", "prior_weight", "num_class_images", "class_steps",
-                 "train_tokens", "train_text_encoder", "min_snr_gamma", "flip", "seed", "checkpoint_every")
+                 "class_guidance", "class_objects", "train_tokens", "train_text_encoder", "min_snr_gamma", "flip",
+                 "seed", "checkpoint_every")
 TRAIN_OPTIONS = ("out_dir", "steps", "minutes", "batch_size", "lr", "warmup_steps", "ema_decay", "cond_drop",
                  "caption_mix", "grad_clip", "min_snr_gamma", "n_per_pair", "seed", "checkpoint_minutes",
                  "checkpoint_every", "sample_every", "guidance_scale")
@@ -19,8 +20,9 @@ RECIPE_OPTIONS = ("steps", "rank", "lr", "targets", "sample_steps", "guidance_sc
 RB_OPTIONS = ("lam_style", "num_iter", "eta", "tau")
 
 
-def _base_option(p: Parser, flag: str = "--base") -> None:
-    p.add_argument(flag, default=str(C.DEFAULT_BASE), help="base model (.safetensors export or train-base checkpoint)")
+def _base_option(p: Parser, flag: str = "--base", sd_folder: bool = False) -> None:
+    p.add_argument(flag, default=str(C.DEFAULT_BASE), help="base model (.safetensors export or train-base checkpoint)"
+                   + (", or a Stable Diffusion 1.x / 2.x diffusers folder" if sd_folder else ""))
 
 
 def train_style() -> Parser:
@@ -33,10 +35,17 @@ def train_style() -> Parser:
                    "folder: the diffusers LoRA file)")
     p.add_argument("--base", default=str(C.DEFAULT_BASE),
                    help="base model (.safetensors export or train-base checkpoint) or a Stable Diffusion 1.x / 2.x "
-                        "diffusers folder (LoRA / DoRA on the attention projections, instance or dreambooth "
-                        "captions; writes a file diffusers' load_lora_weights reads)")
+                        "diffusers folder (LoRA / DoRA on the attention projections, any caption mode, prior "
+                        "preservation with class images cached in OUT.class_images/; writes a file diffusers' "
+                        "load_lora_weights reads)")
     add_config_args(p, C.StyleConfig, STYLE_OPTIONS)
-    p.add_argument("--cache-dir", default=None, help="class-image cache (default: $GDLIB_CACHE or ~/.cache/gdlib)")
+    sd_help = {"class_guidance": "on a Stable Diffusion folder: 7.5 (diffusers' default) unless given",
+               "class_objects": "on a Stable Diffusion folder the default is the style folder's objects"}
+    for action in p._actions:  # StyleConfig's defaults are the ToyWorld model's
+        if action.dest in sd_help:
+            action.help += "; " + sd_help[action.dest]
+    p.add_argument("--cache-dir", default=None, help="class-image cache (default: $GDLIB_CACHE or ~/.cache/gdlib; on a "
+                   "Stable Diffusion folder: OUT without .safetensors + .class_images/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -84,8 +93,8 @@ def sample() -> Parser:
     return p
 
 
-def _recipe_options(p: Parser) -> None:
-    _base_option(p)
+def _recipe_options(p: Parser, sd_folder: bool = False) -> None:
+    _base_option(p, sd_folder=sd_folder)
     add_config_args(p, C.RecipeConfig, RECIPE_OPTIONS)
     add_config_args(p, C.RBConfig, RB_OPTIONS)
 
@@ -96,11 +105,14 @@ def generate() -> Parser:
         "challenge's output layout."))
     p.add_argument("style_dir", help="challenge style folder: NN/images/{object}.png and NN/prompt.json")
     p.add_argument("--out", required=True, help="predictions root; images go to OUT/NN/{prompt}.png")
-    p.add_argument("--adapter", default=None, help="style file from `gdlib train-style` (default: base model only)")
+    p.add_argument("--adapter", default=None, help="style file from `gdlib train-style` (default: base model only); with an SD "
+                   "folder as --base, the diffusers LoRA file `train-style --base FOLDER` wrote (its .card.json "
+                   "beside it gives the prompt form)")
     p.add_argument("--concept", default=None, help="which style of a multi-concept style file (folder id or token)")
     p.add_argument("--prompts", default=None, help="prompt.json to use instead of STYLE_DIR/prompt.json")
     p.add_argument("--no-guidance", action="store_true", help="plain sampling, no RB-Modulation")
-    _recipe_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _recipe_options(p, sd_folder=True)
     return p
 
 

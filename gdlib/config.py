@@ -114,7 +114,8 @@ class RecipeConfig:
     prior_weight: float = opt(StyleConfig.prior_weight, "prior-preservation weight (0: off)")
     attributes: str | None = opt(None, "attribute table for decoupled captions; default: the shipped one")
     sample_steps: int = opt(20, "DDIM steps")
-    guidance_scale: float = opt(DEFAULT_GUIDANCE, "classifier-free guidance scale", flag="--cfg")
+    guidance_scale: float = opt(DEFAULT_GUIDANCE, "classifier-free guidance scale (`gdlib generate` on a Stable "
+                                  "Diffusion folder: 7.5, diffusers' default, unless given)", flag="--cfg")
     rb: RBConfig = field(default_factory=RBConfig)
     psi: str = opt("gram", "style descriptor for the guidance", choices=("gram", "csd"))
     afa: bool = opt(False, "also aggregate the references' attention features")

@@ -103,12 +103,14 @@ def rb_control(x0_hat, psi: Callable, psi_ref: "jt.Var", i: int, num_steps: int,
 
 
 def reference_embedding(psi: Callable, x_ref) -> "jt.Var":
-    """Psi of the reference image(s) [1, D]; several references are averaged."""
+    """Psi of the reference(s) [1, D]; several references are averaged. x_ref: what psi reads -- library images
+    [K, 3, H, W] in [-1, 1], or latents [K, C, h, w] for a latent-space psi (gdlib.sd.guidance.DecoderGram)."""
     x_ref = _var(x_ref)
     if x_ref.ndim == 3:
         x_ref = x_ref.unsqueeze(0)
-    if x_ref.ndim != 4 or x_ref.shape[1] != 3:
-        raise ValueError(f"x_ref must be library images [K, 3, H, W] in [-1, 1], got shape {tuple(x_ref.shape)}")
+    if x_ref.ndim != 4 or (x_ref.shape[-1] == 3 and x_ref.shape[1] != 3):
+        raise ValueError(f"x_ref must be a batch [K, C, H, W] channels first (library images [K, 3, H, W] in "
+                         f"[-1, 1], or latents), got shape {tuple(x_ref.shape)}")
     with jt.no_grad():
         e = psi(x_ref)
     return e.mean(dim=0, keepdims=True).detach()

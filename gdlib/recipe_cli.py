@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .checkpoint import write_atomic, write_text_atomic
-from .cliutil import fail
+from .cliutil import fail, is_sd_folder
 from .config import RBConfig, RecipeConfig
 from .finetune import concept_info, style_prompt
 from .recipe import generate_predictions, load_base, load_style_folder, run_ablation, run_style
@@ -35,6 +35,9 @@ def main_generate(argv: list[str]) -> int:
     a = parse("generate", argv)
     try:
         cfg = _cfg_from(a)
+        if is_sd_folder(a.base):
+            from .sd.cli import main_generate as generate_on_sd_folder
+            return generate_on_sd_folder(a, cfg, argv)
         model = load_base(a.base)
         ds = load_style_folder(a.style_dir, model.config.unet.image_size)
         prompts = imageio.read_prompts(a.prompts) if a.prompts else ds["prompts"]

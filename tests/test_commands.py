@@ -60,7 +60,7 @@ def test_recipe_and_train_options_come_from_the_config_defaults():
 def test_every_field_with_help_is_on_the_command_line_or_deliberately_not():
     exposed = {config.StyleConfig: commands.STYLE_OPTIONS, config.TrainConfig: commands.TRAIN_OPTIONS}
     # fields with help text that the CLI leaves out on purpose (set them through the Python API)
-    api_only = {config.StyleConfig: {"class_objects", "class_guidance", "grad_clip"},
+    api_only = {config.StyleConfig: {"grad_clip"},
                 config.TrainConfig: {"lr_min_ratio", "weight_decay", "data_seed", "sample_steps", "log_every"}}
     for cls, names in exposed.items():
         with_help = {f.name for f in dataclasses.fields(cls) if "help" in f.metadata}

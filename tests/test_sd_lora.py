@@ -24,14 +24,20 @@ from gdlib.sd import pipeline as P  # noqa: E402
 from test_sd_models import IMAGE_ATOL, PROMPTS, RTOL, compare, gd_folder, pair  # noqa: E402,F401  (fixtures)
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+# every Linear and Conv2d of diffusers' UNet2DConditionModel: the resnets' 3x3 / 1x1 convs, the stride-2 down- and the
+# up-sampler convs (`conv`), conv_in / conv_out, the transformers' proj_in / proj_out (1x1 conv in SD 1.x, Linear in
+# SD 2.x), the feed-forward and time-embedding Linears, and the attention projections
+ALL_LAYERS = TARGETS + ("conv1", "conv2", "conv_shortcut", "conv", "conv_in", "conv_out", "proj_in", "proj_out",
+                        "ff.net.0.proj", "ff.net.2", "time_emb_proj", "linear_1", "linear_2")
+TARGET_SETS = {"attention": TARGETS, "all-layers": ALL_LAYERS}
 RANK, ALPHA = 2, 4.0      # scaling alpha / r = 2: a file that lost alpha would load at half strength
 
 
-def trained(folder, kind: str, steps: int = 3):
-    """A fresh gdlib pipeline from `folder` with a `kind` adapter on TARGETS, trained `steps` AdamW steps on two
+def trained(folder, kind: str, targets: tuple[str, ...] = TARGETS, steps: int = 3):
+    """A fresh gdlib pipeline from `folder` with a `kind` adapter on `targets`, trained `steps` AdamW steps on two
     random 16-px latents with the tiny pipeline's captions (eps / v target of its schedule)."""
     ours = L.load_pipeline(folder)
-    names = adapters.inject(ours.unet, targets=TARGETS, kind=kind, rank=RANK, alpha=ALPHA, seed=0)
+    adapters.inject(ours.unet, targets=targets, kind=kind, rank=RANK, alpha=ALPHA, seed=0)
     opt = AdamW(adapters.trainable_parameters(ours.unet), lr=2e-2)
     rng = np.random.default_rng(7)
     x0 = rng.standard_normal((2, 4, 16, 16)).astype(np.float32)
@@ -45,8 +51,8 @@ def trained(folder, kind: str, steps: int = 3):
         assert updated
         losses.append(loss_val)
     assert all(np.isfinite(losses))
-    layer = adapters.adapted_layers(ours.unet)[names[0]]
-    assert np.abs(layer.lora_B.numpy()).max() > 1e-3   # B left zero: the adapter would be a no-op
+    for layer in adapters.adapted_layers(ours.unet).values():   # B left zero: that adapter would be a no-op
+        assert np.abs(layer.lora_B.numpy()).max() > 1e-3
     return ours
 
 
@@ -67,10 +73,25 @@ def run_both(ours, torch_unet, torch):
     return out, ref
 
 
+def check_names(ours, pipe, name: str, targets: tuple[str, ...]) -> int:
+    """gdlib adapted exactly the diffusers modules `targets` names (peft's suffix rule), convs as convs; returns the
+    number of adapted convolutions."""
+    import torch
+    want = {n: isinstance(m, torch.nn.Conv2d) for n, m in pipe.unet.named_modules()
+            if n and any(n == t or n.endswith("." + t) for t in targets)}
+    got = {n: len(l.lora_A.shape) == 4 for n, l in adapters.adapted_layers(ours.unet).items()}
+    assert got == want, f"[{name}] adapted layers differ from diffusers': {sorted(set(got.items()) ^ set(want.items()))}"
+    return sum(got.values())
+
+
 @pytest.mark.parity
-def test_lora_loads_in_diffusers(pair, tmp_path):
+@pytest.mark.parametrize("targets", list(TARGET_SETS))
+def test_lora_loads_in_diffusers(pair, tmp_path, targets):
     name, pipe, base, torch = pair
-    ours = trained(base.folder, "lora")
+    ours = trained(base.folder, "lora", TARGET_SETS[targets])
+    n_conv = check_names(ours, pipe, name, TARGET_SETS[targets])
+    assert (n_conv > 0) == (targets != "attention")
+    name = f"{name}, {targets}"
     path = lora.save_diffusers_lora(ours.unet, tmp_path / "lora")
     from safetensors import safe_open
     with safe_open(str(path), "np") as f:
@@ -94,10 +115,14 @@ def test_lora_loads_in_diffusers(pair, tmp_path):
 
 
 @pytest.mark.parity
-def test_dora_loads_in_peft_and_diffusers(pair, tmp_path):
+@pytest.mark.parametrize("targets", list(TARGET_SETS))
+def test_dora_loads_in_peft_and_diffusers(pair, tmp_path, targets):
     peft = pytest.importorskip("peft", reason="parity extra not installed: pip install -e .[parity]")
     name, pipe, base, torch = pair
-    ours = trained(base.folder, "dora")
+    ours = trained(base.folder, "dora", TARGET_SETS[targets])
+    n_conv = check_names(ours, pipe, name, TARGET_SETS[targets])
+    assert (n_conv > 0) == (targets != "attention")
+    name = f"{name}, {targets}"
     folder = lora.save_peft_adapter(ours.unet, tmp_path / "peft")
     pm = peft.PeftModel.from_pretrained(copy.deepcopy(pipe.unet), str(folder))
     assert pm.peft_config["default"].use_dora and pm.peft_config["default"].lora_alpha == ALPHA
@@ -134,4 +159,3 @@ def test_few_shot_finetune_lowers_the_loss(gd_folder):
     took = time.time() - t0
     print(f"\nfine-tune 12 steps: {took:.1f} s, fixed-set loss {res.eval_before:.4f} -> {res.eval_after:.4f}")
     assert res.eval_after < res.eval_before and len(res.losses) == 12 and np.isfinite(res.losses).all()
-    assert took < 180   # measured 15 s (12 steps, 2 shared cores, kernels cached); a first run compiles Jittor kernels

@@ -6,6 +6,7 @@ or the VAE's spatial single-head block with GroupNorm and residual), the transfo
 neighbour, also to an odd target size) and the sinusoidal timestep embedding (Timesteps, TimestepEmbedding).
 Each module keeps diffusers' attribute names (to_q, to_out.0, proj_in, conv1, time_emb_proj, ...) so state dicts
 load by name and peft-style adapter targets line up with gdlib.adapters.
+Attention.slice_size (set it with gdlib.sd.memory.set_attention_slicing) computes attention in chunks.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from .. import runtime
 jt = runtime.setup_jittor()
 from jittor import nn  # noqa: E402
 
-from ..kernels import group_norm, multihead_attention  # noqa: E402
+from ..kernels import attention, group_norm, multihead_attention  # noqa: E402
 
 # A config value that is read and ignored (the *_NEUTRAL tables of the unet / vae configs).
 ANY = object()
@@ -65,17 +66,34 @@ def silu(x: "jt.Var") -> "jt.Var":
     return x * jt.sigmoid(x)
 
 
+def sliced_attention(q: "jt.Var", k: "jt.Var", v: "jt.Var", heads: int, scale: float, slice_size: int) -> "jt.Var":
+    """multihead_attention on [B, N, heads*d] computed `slice_size` rows of the batch*heads axis at a time
+    (diffusers' SlicedAttnProcessor): at most [slice_size, N, M] scores at once, the same numbers."""
+    B, N, C = q.shape
+    d = C // heads
+
+    def rows(t: "jt.Var") -> "jt.Var":   # [B, n, heads*d] -> [B*heads, 1, n, d]
+        return t.reshape(B, t.shape[1], heads, d).transpose(0, 2, 1, 3).reshape(B * heads, 1, t.shape[1], d)
+
+    qs, ks, vs = rows(q), rows(k), rows(v)
+    out = [attention(qs[i:i + slice_size], ks[i:i + slice_size], vs[i:i + slice_size], scale)
+           for i in range(0, B * heads, slice_size)]
+    return jt.concat(out, dim=0).reshape(B, heads, N, d).transpose(0, 2, 1, 3).reshape(B, N, C)
+
+
 class Attention(nn.Module):
     """diffusers' Attention: softmax(q k^T / sqrt(d)) v per head (Vaswani et al. 2017, Eq. 1), then to_out.0.
 
     On tokens [B, N, C] with an optional context [B, M, Cc] (cross-attention; self-attention without it). With
     `norm_groups` it is the VAE's spatial block on [B, C, H, W]: GroupNorm first, residual added (diffusers'
-    group_norm / residual_connection)."""
+    group_norm / residual_connection). `slice_size` (None: off; gdlib.sd.memory.set_attention_slicing) computes it
+    in chunks of the batch*heads axis."""
 
     def __init__(self, query_dim: int, heads: int, dim_head: int, cross_attention_dim: int | None = None,
                  bias: bool = False, out_bias: bool = True, norm_groups: int | None = None, eps: float = 1e-5):
         inner = heads * dim_head
         self.heads, self.scale = heads, dim_head ** -0.5
+        self.slice_size: int | None = None
         self.group_norm = GroupNorm(norm_groups, query_dim, eps) if norm_groups else None
         self.to_q = nn.Linear(query_dim, inner, bias=bias)
         self.to_k = nn.Linear(cross_attention_dim or query_dim, inner, bias=bias)
@@ -91,7 +109,11 @@ class Attention(nn.Module):
                 x = self.group_norm(x)
             x = x.reshape(B, C, H * W).transpose(0, 2, 1)
         ctx = x if context is None else context
-        out = multihead_attention(self.to_q(x), self.to_k(ctx), self.to_v(ctx), self.heads, self.scale)
+        q, k, v = self.to_q(x), self.to_k(ctx), self.to_v(ctx)
+        if self.slice_size is not None and self.slice_size < q.shape[0] * self.heads:
+            out = sliced_attention(q, k, v, self.heads, self.scale, self.slice_size)
+        else:
+            out = multihead_attention(q, k, v, self.heads, self.scale)
         out = self.to_out[0](out)
         if spatial:
             out = out.transpose(0, 2, 1).reshape(B, C, H, W) + residual

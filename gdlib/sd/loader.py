@@ -8,7 +8,8 @@ A diffusers pipeline folder is
   vae/          config.json + diffusion_pytorch_model.safetensors     (diffusers AutoencoderKL)
   scheduler/    scheduler_config.json                                 (any diffusers DDPM-family scheduler)
 Weights are read with safetensors.numpy (never torch, never pickles), fp16 or fp32 (the `.fp16` variant and sharded
-`*.safetensors.index.json` too), and converted to float32. Every config field is checked: a field that selects a
+`*.safetensors.index.json` too), and converted to the models' dtype (load_pipeline's `dtype`: float32 by default;
+float16 only on request and only under CUDA, where it is untested; see resolve_dtype). Every config field is checked: a field that selects a
 feature these ports lack raises a ValueError naming it, as does a missing component, file or weight name.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .. import runtime
 jt = runtime.setup_jittor()
 
 from ..schedules import NoiseSchedule  # noqa: E402
+from .memory import SliceSize, set_attention_slicing  # noqa: E402
 from .text_encoder import CLIPTextConfig, CLIPTextModel  # noqa: E402
 from .tokenizer import CLIPTokenizer, special_tokens_of  # noqa: E402
 from .unet import ANY, UNET_NEUTRAL, UNet2DConditionModel, UNetConfig  # noqa: E402
@@ -40,6 +42,24 @@ SCHEDULE_FIELDS = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 
                    "thresholding": False, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0}
 SCHEDULE_NEUTRAL = {"trained_betas": (None,), "rescale_betas_zero_snr": (None, False)}
 TEXT_NEUTRAL = {"model_type": ("clip_text_model",)}
+CPU_FP16_MESSAGE = ("dtype='float16' on the CPU is not supported: Jittor's CPU matmul is float32 only (it fails with "
+                    "'support float32 only now'); load with dtype=None or 'float32' on the CPU, float16 under CUDA")
+DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16"}
+
+
+def resolve_dtype(dtype: str | None = None, cuda: bool | None = None) -> str:
+    """The models' dtype: None -> "float32" (the tested path); "float16" only under CUDA (jt.flags.use_cuda; halves
+    the weights' memory, but no GPU was available to test it: the models still build some float32 tensors, e.g. the
+    timestep embedding); on the CPU it is refused (ValueError)."""
+    cuda = bool(jt.flags.use_cuda) if cuda is None else cuda
+    if dtype is None:
+        return "float32"
+    if str(dtype) not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported (use 'float32', 'float16' or None for the device default)")
+    resolved = DTYPES[str(dtype)]
+    if resolved == "float16" and not cuda:
+        raise ValueError(CPU_FP16_MESSAGE)
+    return resolved
 
 
 # ----- files --------------------------------------------------------------------------------------------
@@ -83,8 +103,9 @@ def read_weights(component: Path, stem: str) -> dict[str, np.ndarray]:
     raise ValueError(f"{component.name}: weight file {component / (stem + '.safetensors')} is missing{hint}")
 
 
-def load_weights(module: Any, tensors: dict[str, np.ndarray], where: str) -> None:
-    """Copy tensors into the module's parameters by name; missing/unexpected names or a shape mismatch raise."""
+def load_weights(module: Any, tensors: dict[str, np.ndarray], where: str, dtype: str = "float32") -> None:
+    """Copy tensors (cast to `dtype`) into the module's parameters by name; missing/unexpected names or a shape
+    mismatch raise."""
     own = module.state_dict()
     missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     if missing or unexpected:
@@ -96,7 +117,7 @@ def load_weights(module: Any, tensors: dict[str, np.ndarray], where: str) -> Non
         arr = tensors[name]
         if tuple(arr.shape) != tuple(var.shape):
             raise ValueError(f"{where}: weight {name} has shape {tuple(arr.shape)}, the model expects {tuple(var.shape)}")
-        var.update(jt.array(np.ascontiguousarray(arr, dtype=np.float32)))
+        var.update(jt.array(np.ascontiguousarray(arr, dtype=dtype)))
 
 
 # ----- configs ------------------------------------------------------------------------------------------
@@ -151,14 +172,14 @@ def _check_class(d: dict, expected: str, where: str) -> None:
 
 
 # ----- components ---------------------------------------------------------------------------------------
-def load_unet(folder: str | Path) -> UNet2DConditionModel:
-    """unet/ (or a unet folder itself) -> UNet2DConditionModel with its weights."""
+def load_unet(folder: str | Path, dtype: str = "float32") -> UNet2DConditionModel:
+    """unet/ (or a unet folder itself) -> UNet2DConditionModel with its weights in `dtype`."""
     d = Path(folder)
     d = d / "unet" if (d / "unet").is_dir() else d
     raw = read_json(d / "config.json", "unet")
     _check_class(raw, "UNet2DConditionModel", "unet/config.json")
     model = UNet2DConditionModel(parse_config(UNetConfig, raw, UNET_NEUTRAL, "unet/config.json"))
-    load_weights(model, read_weights(d, "diffusion_pytorch_model"), "unet")
+    load_weights(model, read_weights(d, "diffusion_pytorch_model"), "unet", dtype)
     return model
 
 
@@ -178,19 +199,20 @@ def _rename_vae(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def load_vae(folder: str | Path) -> AutoencoderKL:
-    """vae/ (or a vae folder itself) -> AutoencoderKL with its weights."""
+def load_vae(folder: str | Path, dtype: str = "float32") -> AutoencoderKL:
+    """vae/ (or a vae folder itself) -> AutoencoderKL with its weights in `dtype`."""
     d = Path(folder)
     d = d / "vae" if (d / "vae").is_dir() else d
     raw = read_json(d / "config.json", "vae")
     _check_class(raw, "AutoencoderKL", "vae/config.json")
     model = AutoencoderKL(parse_config(VAEConfig, raw, VAE_NEUTRAL, "vae/config.json"))
-    load_weights(model, _rename_vae(read_weights(d, "diffusion_pytorch_model")), "vae")
+    load_weights(model, _rename_vae(read_weights(d, "diffusion_pytorch_model")), "vae", dtype)
     return model
 
 
-def load_text_encoder(folder: str | Path) -> CLIPTextModel:
-    """text_encoder/ -> CLIPTextModel; transformers' generic config keys are ignored, `text_model.` prefixes dropped."""
+def load_text_encoder(folder: str | Path, dtype: str = "float32") -> CLIPTextModel:
+    """text_encoder/ -> CLIPTextModel in `dtype`; transformers' generic config keys are ignored, `text_model.`
+    prefixes dropped."""
     d = Path(folder)
     d = d / "text_encoder" if (d / "text_encoder").is_dir() else d
     raw = read_json(d / "config.json", "text_encoder")
@@ -201,7 +223,7 @@ def load_text_encoder(folder: str | Path) -> CLIPTextModel:
     tensors = {k[len("text_model."):] if k.startswith("text_model.") else k: v
                for k, v in read_weights(d, "model").items()}
     tensors.pop("embeddings.position_ids", None)  # a buffer (0..76) older transformers saved
-    load_weights(model, tensors, "text_encoder")
+    load_weights(model, tensors, "text_encoder", dtype)
     return model
 
 
@@ -259,6 +281,16 @@ class StableDiffusion:
         s = self.unet.config.sample_size or 64
         return (self.unet.config.in_channels, s, s)
 
+    def enable_attention_slicing(self, slice_size: SliceSize = "auto") -> None:
+        """diffusers' enable_attention_slicing, on the UNet and the VAE: attention in chunks of the batch*heads axis
+        (int, "auto" = half the heads, "max" = one at a time); same numbers, bounded score memory."""
+        for model in (self.unet, self.vae):
+            set_attention_slicing(model, slice_size)
+
+    def disable_attention_slicing(self) -> None:
+        """Attention over the whole batch*heads axis again."""
+        self.enable_attention_slicing(None)
+
 
 def check_model_index(folder: Path) -> dict:
     """model_index.json names every component SD 1.x / 2.x needs, with a class the ports implement."""
@@ -276,16 +308,19 @@ def check_model_index(folder: Path) -> dict:
     return index
 
 
-def load_pipeline(folder: str | Path) -> StableDiffusion:
-    """Read a Stable Diffusion 1.x / 2.x diffusers folder: tokenizer, text encoder, UNet, VAE (float32) and the
-    NoiseSchedule of its scheduler config. Raises ValueError naming what is missing or unsupported."""
+def load_pipeline(folder: str | Path, dtype: str | None = None) -> StableDiffusion:
+    """Read a Stable Diffusion 1.x / 2.x diffusers folder: tokenizer, text encoder, UNet, VAE (in `dtype`, see
+    resolve_dtype: float32 on the CPU) and the NoiseSchedule of its scheduler config. Raises ValueError naming what
+    is missing or unsupported."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder")
     index = check_model_index(folder)
     for name in COMPONENTS:
         _component(folder, name)
+    dtype = resolve_dtype(dtype)
     schedule, sched_cfg = load_schedule(folder)
-    return StableDiffusion(folder=folder, tokenizer=load_tokenizer(folder), text_encoder=load_text_encoder(folder),
-                           unet=load_unet(folder), vae=load_vae(folder), schedule=schedule,
+    return StableDiffusion(folder=folder, tokenizer=load_tokenizer(folder),
+                           text_encoder=load_text_encoder(folder, dtype), unet=load_unet(folder, dtype),
+                           vae=load_vae(folder, dtype), schedule=schedule,
                            scheduler_config=sched_cfg, model_index=index)

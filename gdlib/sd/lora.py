@@ -95,3 +95,59 @@ def save_peft_adapter(unet, folder: str | Path, base_model_name_or_path: str | N
     write_text_atomic(folder / PEFT_CONFIG_NAME, json.dumps(cfg, indent=2, sort_keys=True))
     save_tensors(folder / PEFT_WEIGHT_NAME, adapter_tensors(unet, "base_model.model."), {"format": "pt"})
     return folder
+
+
+def load_diffusers_lora(unet, path: str | Path, scale: float = 1.0) -> list[str]:
+    """Inject and fill the adapter of a diffusers LoRA / DoRA file (`unet.{module}.lora_A.weight`, `.lora_B.weight`,
+    `.lora_magnitude_vector`: what save_diffusers_lora and diffusers' save_lora_weights write) into gdlib's SD UNet;
+    lora_alpha from the file's metadata, else alpha = r as diffusers assumes. Returns the adapted module names."""
+    import re
+
+    from ..adapters import inject, set_scale
+    from ..checkpoint import load_tensors
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHT_NAME
+    tensors, meta = load_tensors(path)
+    suffix = ".lora_A.weight"
+    modules = sorted(k[len("unet."):-len(suffix)] for k in tensors if k.startswith("unet.") and k.endswith(suffix))
+    if not modules:
+        raise ValueError(f"{path} holds no diffusers LoRA keys (`unet.<module>.lora_A.weight`; first keys: "
+                         f"{sorted(tensors)[:3]}); other formats (e.g. kohya's `lora_unet_...`): load and re-save "
+                         "them with diffusers' load_lora_weights + save_lora_weights first")
+    others = sorted({k.split(".")[0] for k in tensors if not k.startswith("unet.")})
+    if others:
+        raise ValueError(f"{path} also adapts {others} (e.g. the text encoder); gdlib.sd loads UNet adapters only")
+    cfg = {}
+    if METADATA_KEY in meta:
+        cfg = {k.split(".", 1)[1]: v for k, v in json.loads(meta[METADATA_KEY]).items() if k.startswith("unet.")}
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        raise ValueError(f"{path}: per-layer ranks / alphas (rank_pattern / alpha_pattern) are not supported")
+    ranks = {tensors[f"unet.{m}{suffix}"].shape[0] for m in modules}
+    if len(ranks) != 1:
+        raise ValueError(f"{path}: the layers have different ranks {sorted(ranks)}; one rank per file is supported")
+    rank = int(cfg.get("r", next(iter(ranks))))
+    dora = any(f"unet.{m}.lora_magnitude_vector" in tensors for m in modules)
+    present = {n for n, _ in unet.named_modules()}
+    missing = [m for m in modules if m not in present]
+    if missing:
+        raise ValueError(f"{path} adapts modules this UNet does not have ({missing[:4]}): it was trained for "
+                         "another base model")
+    names = inject(unet, targets="|".join(re.escape(m) for m in modules), kind="dora" if dora else "lora",
+                   rank=rank, alpha=float(cfg.get("lora_alpha", rank)), rslora=bool(cfg.get("use_rslora", False)))
+    layers = adapted_layers(unet)
+    for name in modules:
+        layer = layers[name]
+        for attr, key in (("lora_A", "lora_A.weight"), ("lora_B", "lora_B.weight"), ("magnitude", "lora_magnitude_vector")):
+            var = getattr(layer, attr)
+            if var is None:
+                continue
+            arr = tensors[f"unet.{name}.{key}"]
+            if arr.size != var.numel():
+                raise ValueError(f"{path}: {name}.{key} has shape {arr.shape}, this UNet's layer needs "
+                                 f"{tuple(var.shape)}: the file was trained for another base model")
+            var.update(jt.array(arr.reshape(var.shape).astype(np.float32)))
+    if scale != 1.0:
+        set_scale(unet, scale)
+    return names

@@ -49,9 +49,11 @@ def decode_latents(pipe, z: "jt.Var") -> np.ndarray:
 
 def sample(pipe, prompts: str | Sequence[str], latents, steps: int = 25, guidance_scale: float = 7.5,
            negative_prompt: str | Sequence[str] = "", eta: float = 0.0, clip_skip: int | None = None,
-           callback: Callable | None = None, return_latents: bool = False):
+           callback: Callable | None = None, return_latents: bool = False, x0_transform: Callable | None = None,
+           wrap_model: Callable | None = None, noise_fn: Callable | None = None):
     """Images [N, H, W, 3] in [0, 1] from the initial latents x_T [N, C, h, w] (DDIM's init_noise_sigma is 1);
-    with return_latents, (images, final latents)."""
+    with return_latents, (images, final latents). Hooks for guidance (gdlib.sd.guidance): x0_transform(x0_hat,
+    eps_hat, t, i) -> x0_hat as in gdlib.sampling; wrap_model(model, uncond) -> model around the CFG model."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     x = latents if isinstance(latents, jt.Var) else jt.array(np.asarray(latents, dtype=np.float32))
     if len(x.shape) != 4 or x.shape[0] != len(prompts):
@@ -64,6 +66,9 @@ def sample(pipe, prompts: str | Sequence[str], latents, steps: int = 25, guidanc
         context = encode_prompt(pipe, prompts, clip_skip)
         uncond = encode_prompt(pipe, negatives, clip_skip) if guidance_scale > 1.0 else None
         model = guided_model(pipe.unet, context, uncond, guidance_scale)
-        z = sampling.sample_ddim(model, x, pipe.schedule, steps, eta=eta, callback=callback)
+        if wrap_model is not None:
+            model = wrap_model(model, uncond if uncond is not None else encode_prompt(pipe, [""], clip_skip))
+        z = sampling.sample_ddim(model, x, pipe.schedule, steps, eta=eta, callback=callback, noise_fn=noise_fn,
+                                 x0_transform=x0_transform)
         images = decode_latents(pipe, z)
     return (images, z) if return_latents else images
