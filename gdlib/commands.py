@@ -78,12 +78,16 @@ def train_base() -> Parser:
 
 
 def sample() -> Parser:
-    p = Parser(prog="gdlib sample", description="Generate images with CFG + DDIM.")
+    from .sampling import SAMPLERS
+
+    p = Parser(prog="gdlib sample", description="Generate images with classifier-free guidance and DDIM (or --sampler).")
     p.add_argument("prompts", nargs="+", help='e.g. "a pixel painting of a cat"')
     p.add_argument("--checkpoint", default=str(C.DEFAULT_BASE),
                    help="base model (.safetensors export or train-base checkpoint) or a Stable Diffusion 1.x / 2.x "
                         "diffusers folder")
-    p.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    p.add_argument("--steps", type=int, default=25, help="sampling steps")
+    p.add_argument("--sampler", default="ddim", choices=list(SAMPLERS),
+                   help="sampler on the model's noise schedule, as diffusers' scheduler of that name (default: ddim)")
     p.add_argument("--guidance", type=float, default=None,
                    help=f"classifier-free guidance scale (default: {C.DEFAULT_GUIDANCE} for a ToyWorld model, 7.5 for "
                         "an SD folder)")

@@ -188,11 +188,12 @@ def measure_accuracy(model: TextToImage, styles: Sequence[str], objects: Sequenc
 
 
 def main_sample(argv: list[str]) -> int:
-    """`gdlib sample`: prompts -> PNG grid (and optional per-image PNGs) with the base model."""
+    """`gdlib sample`: prompts -> PNG grid with the base model (or an SD folder), any of gdlib.sampling's samplers."""
+    import functools
 
-    from .commands import parse
-
+    from . import sampling
     from .cliutil import is_sd_folder
+    from .commands import parse
 
     a = parse("sample", argv)
     if is_sd_folder(a.checkpoint):
@@ -200,12 +201,14 @@ def main_sample(argv: list[str]) -> int:
         return sample_sd_folder(a)
     model = TextToImage.load(a.checkpoint)
     prompts = [q for q in a.prompts for _ in range(a.n)]
-    images = generate(model, prompts, a.steps, DEFAULT_GUIDANCE if a.guidance is None else a.guidance, seed=a.seed)
+    sampler = None if a.sampler == "ddim" else functools.partial(sampling.sample, a.sampler)
+    images = generate(model, prompts, a.steps, DEFAULT_GUIDANCE if a.guidance is None else a.guidance, seed=a.seed,
+                      sampler=sampler)
     from . import plot
 
     fig = plot.image_grid(images, nrow=a.n if a.n > 1 else min(len(prompts), 8),
                           titles=[q.replace(" painting of ", "\n") for q in prompts])
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(a.out, lambda tmp: fig.savefig(tmp, dpi=100))
-    print(f"wrote {a.out} ({len(prompts)} images)")
+    print(f"wrote {a.out} ({len(prompts)} images, {a.steps} {a.sampler} steps)")
     return 0

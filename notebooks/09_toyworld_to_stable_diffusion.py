@@ -407,8 +407,10 @@ assert sizes["SD 2.1"]["unet"] > 0.6 * n21        # the UNet dominates
 #   Sampling adds activations at 96x96 latents (768 px images); fine-tuning adds the activations kept for the
 #   backward pass (it grows with batch and resolution: not measured here) but only a small optimizer state, since
 #   just the adapter trains.
-# - **time**: not measured on a real checkpoint in this course. On the tiny folder, bench/sd.py compares gdlib with
-#   diffusers/PyTorch step for step on the same CPU.
+# - **time**: `python bench/sd.py --size sd15` times SD 1.5's real architecture (random weights) in gdlib and in
+#   diffusers/PyTorch on the same CPU: one CFG UNet call at 512 px, a VAE decode, and the implied minutes per image
+#   (the README, section *Stable Diffusion folders*, lists what it measured on the course's 2-core machine: minutes
+#   per image on a CPU, gdlib several times slower than PyTorch at that size). A GPU was not available to measure.
 #
 # README.md, section *Stable Diffusion folders*, says where such folders come from and what is not supported yet.
 

@@ -45,6 +45,9 @@ def test_train_style_and_sample_on_an_sd_folder(sd_folder, tmp_path, capsys):
     assert cli.main(["sample", "a sks painting of a cat", "--checkpoint", str(sd_folder), "--steps", "2",
                      "--out", str(png)]) == 0
     assert png.stat().st_size > 0 and "CFG 7.5" in capsys.readouterr().out
+    assert cli.main(["sample", "a cat", "--checkpoint", str(sd_folder), "--steps", "3", "--sampler", "dpmpp_2m",
+                     "--out", str(png)]) == 0
+    assert "3 dpmpp_2m steps" in capsys.readouterr().out
     # bad input is one line on stderr, exit 2
     assert cli.main(["train-style", style, "--base", str(sd_folder), "--out", str(tmp_path / "y.safetensors"),
                      "--prior-weight", "1", "--class-objects", "cat,\u732b"]) == 2

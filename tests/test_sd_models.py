@@ -205,6 +205,67 @@ def test_four_step_ddim_image_matches_diffusers(pair):
 
 
 @pytest.mark.parity
+@pytest.mark.parametrize("sampler, scheduler, kw", [
+    ("euler", "EulerDiscreteScheduler", {}),
+    ("dpmpp_2m", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    ("euler", "EulerDiscreteScheduler", {"use_karras_sigmas": True}),
+])
+def test_other_samplers_match_diffusers_schedulers(pair, sampler, scheduler, kw):
+    """The same pipeline with diffusers' scheduler swapped (built from the folder's scheduler_config.json, as after
+    from_pretrained) and gdlib.sd.pipeline.sample with the matching gdlib sampler: the same images (deterministic
+    samplers; the noise of ancestral ones differs). This folder's config sets timestep_spacing ("leading")."""
+    import diffusers
+    name, pipe, ours, torch = pair
+    latents = np.random.default_rng(5).standard_normal((2, 4, 16, 16)).astype(np.float32)
+    original = pipe.scheduler
+    file_config = json.loads((ours.folder / "scheduler" / "scheduler_config.json").read_text())
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(file_config, **kw)
+    try:
+        with torch.no_grad():
+            ref = pipe(prompt=PROMPTS, latents=torch.from_numpy(latents), num_inference_steps=6, guidance_scale=3.0,
+                       output_type="np").images
+    finally:
+        pipe.scheduler = original
+    img = P.sample(ours, PROMPTS, latents, steps=6, guidance_scale=3.0, sampler=sampler,
+                   karras=bool(kw.get("use_karras_sigmas")))
+    ddim = P.sample(ours, PROMPTS, latents, steps=6, guidance_scale=3.0)
+    assert np.abs(img - ddim).max() > 1e-3           # really another sampler
+    compare(f"[{name}] 6-step {scheduler}{' (Karras)' if kw.get('use_karras_sigmas') else ''} image", img, ref,
+            rtol=None, atol=IMAGE_ATOL)
+
+
+@pytest.mark.parity
+def test_euler_on_a_config_without_timestep_spacing(tmp_path):
+    """A folder whose scheduler config lacks timestep_spacing (SD 1.5's and SD 2.1's hub configs): diffusers' Euler
+    then uses its own default ("linspace") and starts from x_T * sigma_max; gdlib.sd.pipeline.sample does the same."""
+    torch = pytest.importorskip("torch", reason="parity extra not installed: pip install -e .[parity]")
+    diffusers = pytest.importorskip("diffusers", reason="parity extra not installed: pip install -e .[parity]")
+    from gdlib.sd.tiny import write_tiny_folder
+
+    folder = write_tiny_folder(tmp_path / "pipe", sample_size=8)
+    assert "timestep_spacing" not in json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    dpipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    dpipe.set_progress_bar_config(disable=True)
+    dpipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(dpipe.scheduler.config)
+    assert dpipe.scheduler.config.timestep_spacing == "linspace"
+    latents = np.random.default_rng(6).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        ref = dpipe(prompt=["a cat"], latents=torch.from_numpy(latents), num_inference_steps=6, guidance_scale=3.0,
+                    output_type="np").images
+    img = P.sample(L.load_pipeline(folder), ["a cat"], latents, steps=6, guidance_scale=3.0, sampler="euler")
+    compare("[tiny, no timestep_spacing] 6-step EulerDiscreteScheduler image", img, ref, rtol=None, atol=IMAGE_ATOL)
+
+
+def test_rb_hook_needs_a_discrete_sampler(gd_folder):
+    ours = L.load_pipeline(gd_folder)
+    latents = np.zeros((1, *ours.latent_shape), np.float32)
+    with pytest.raises(ValueError, match="ddim or ddpm"):
+        P.sample(ours, "a cat", latents, steps=2, sampler="euler", x0_transform=lambda x0, eps, t, i: x0)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        P.sample(ours, "a cat", latents, steps=2, sampler="heun")
+
+
+@pytest.mark.parity
 def test_dora_names_and_outputs_line_up_with_peft(pair):
     """gdlib.adapters.inject on the loaded UNet adapts exactly the layers peft adapts on diffusers' UNet for
     to_q/to_k/to_v/to_out.0, and with the same DoRA weights (B != 0, m perturbed) the outputs agree."""

@@ -33,11 +33,11 @@ def main_sample(a) -> int:
     guidance = SD_GUIDANCE if a.guidance is None else a.guidance
     latents = np.random.default_rng(a.seed).standard_normal((len(prompts), *pipe.latent_shape)).astype(np.float32)
     t0 = time.time()
-    images = sample(pipe, prompts, latents, steps=a.steps, guidance_scale=guidance)
+    images = sample(pipe, prompts, latents, steps=a.steps, guidance_scale=guidance, sampler=a.sampler)
     fig = plot.image_grid((images * 255 + 0.5).astype(np.uint8), nrow=a.n if a.n > 1 else min(len(prompts), 8),
                           titles=prompts)
     write_atomic(a.out, lambda tmp: fig.savefig(tmp, dpi=100))
-    print(f"wrote {a.out} ({len(prompts)} images of {images.shape[1]} px from {a.checkpoint}, {a.steps} DDIM steps, "
+    print(f"wrote {a.out} ({len(prompts)} images of {images.shape[1]} px from {a.checkpoint}, {a.steps} {a.sampler} steps, "
           f"CFG {guidance}, {time.time() - t0:.1f} s)")
     return 0
 

@@ -3,7 +3,8 @@
 Follows diffusers' StableDiffusionPipeline step by step so the numbers agree:
   c = text_encoder(tokenize(prompt)).last_hidden_state, u = the same for the negative prompt ("" by default);
   eps_hat = eps(x, t, u) + w (eps(x, t, c) - eps(x, t, u))            (Ho & Salimans 2022, Eq. 6), only if w > 1;
-  DDIM(eta) over the schedule's timesteps (gdlib.sampling.sample_ddim; Song et al. 2021a, Eq. 12);
+  DDIM(eta) over the schedule's timesteps (gdlib.sampling.sample_ddim; Song et al. 2021a, Eq. 12), or another of
+  gdlib.sampling's samplers (`sampler=`);
   image = clamp(vae.decode(z / scaling_factor) / 2 + 1/2, 0, 1), channels last.
 """
 from __future__ import annotations
@@ -47,13 +48,49 @@ def decode_latents(pipe, z: "jt.Var") -> np.ndarray:
     return np.clip(x.numpy() / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)
 
 
+# diffusers' default timestep_spacing of the scheduler class behind each sampler, used when the folder's
+# scheduler_config.json does not set it or lists it in `_use_default_values` (diffusers' from_config then gives the
+# new class its own default: DDIM/DDPM "leading", Euler/DPM-Solver "linspace")
+SPACING_DEFAULTS = {"ddim": "leading", "ddpm": "leading", "euler": "linspace", "euler_ancestral": "linspace",
+                    "dpmpp_2m": "linspace"}
+
+
+def sampler_schedule(pipe, sampler: str):
+    """The folder's NoiseSchedule as diffusers' scheduler for `sampler` reads the same config (a field the config lacks
+    takes that class's default: timestep_spacing, see SPACING_DEFAULTS)."""
+    import dataclasses
+
+    cfg = pipe.scheduler_config
+    if "timestep_spacing" in cfg and "timestep_spacing" not in cfg.get("_use_default_values", ()):
+        return pipe.schedule
+    return dataclasses.replace(pipe.schedule, timestep_spacing=SPACING_DEFAULTS[sampler])
+
+
+def k_start_scale(schedule, sampler: str, steps: int, karras: bool) -> float:
+    """diffusers' init_noise_sigma / gdlib's sqrt(1 + sigma_max^2) for the k-diffusion samplers: diffusers' Euler
+    schedulers start from x_T * sigma_max under "linspace" / "trailing" spacing (sqrt(1 + sigma_max^2) otherwise),
+    DPM-Solver from x_T in the VP frame (= gdlib's start); gdlib.sampling.sample always uses sqrt(1 + sigma_max^2)."""
+    if sampler not in ("euler", "euler_ancestral") or schedule.timestep_spacing not in ("linspace", "trailing"):
+        return 1.0
+    sigma_max = float(schedule.euler_sigmas(steps, karras=karras)[1][0])
+    return sigma_max / (1.0 + sigma_max ** 2) ** 0.5
+
+
 def sample(pipe, prompts: str | Sequence[str], latents, steps: int = 25, guidance_scale: float = 7.5,
            negative_prompt: str | Sequence[str] = "", eta: float = 0.0, clip_skip: int | None = None,
            callback: Callable | None = None, return_latents: bool = False, x0_transform: Callable | None = None,
-           wrap_model: Callable | None = None, noise_fn: Callable | None = None):
-    """Images [N, H, W, 3] in [0, 1] from the initial latents x_T [N, C, h, w] (DDIM's init_noise_sigma is 1);
-    with return_latents, (images, final latents). Hooks for guidance (gdlib.sd.guidance): x0_transform(x0_hat,
-    eps_hat, t, i) -> x0_hat as in gdlib.sampling; wrap_model(model, uncond) -> model around the CFG model."""
+           wrap_model: Callable | None = None, noise_fn: Callable | None = None, sampler: str = "ddim",
+           karras: bool = False):
+    """Images [N, H, W, 3] in [0, 1] from the initial latents x_T [N, C, h, w] (x_T ~ N(0, I); the k-diffusion
+    samplers scale it by sqrt(1 + sigma_max^2) as diffusers' init_noise_sigma does); with return_latents, (images,
+    final latents). sampler: any of gdlib.sampling.SAMPLERS on the folder's schedule (diffusers' DDIM, DDPM, Euler,
+    Euler-ancestral, DPM-Solver++(2M) schedulers; `karras` sigmas for the last three). Hooks for guidance
+    (gdlib.sd.guidance): x0_transform(x0_hat, eps_hat, t, i) -> x0_hat (DDIM / DDPM only, as in gdlib.sampling);
+    wrap_model(model, uncond) -> model around the CFG model."""
+    if sampler not in sampling.SAMPLERS:
+        raise ValueError(f"sample: unknown sampler {sampler!r}; choose one of {', '.join(sampling.SAMPLERS)}")
+    if x0_transform is not None and sampler not in ("ddim", "ddpm"):
+        raise ValueError(f"sample: the x0_transform hook (RB-Modulation) runs with the ddim or ddpm sampler, not {sampler}")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     x = latents if isinstance(latents, jt.Var) else jt.array(np.asarray(latents, dtype=np.float32))
     if len(x.shape) != 4 or x.shape[0] != len(prompts):
@@ -68,7 +105,16 @@ def sample(pipe, prompts: str | Sequence[str], latents, steps: int = 25, guidanc
         model = guided_model(pipe.unet, context, uncond, guidance_scale)
         if wrap_model is not None:
             model = wrap_model(model, uncond if uncond is not None else encode_prompt(pipe, [""], clip_skip))
-        z = sampling.sample_ddim(model, x, pipe.schedule, steps, eta=eta, callback=callback, noise_fn=noise_fn,
-                                 x0_transform=x0_transform)
+        if sampler == "ddim":
+            z = sampling.sample_ddim(model, x, pipe.schedule, steps, eta=eta, callback=callback, noise_fn=noise_fn,
+                                     x0_transform=x0_transform)
+        elif sampler == "ddpm":
+            z = sampling.sample_ddpm(model, x, pipe.schedule, steps, callback=callback, noise_fn=noise_fn,
+                                     x0_transform=x0_transform)
+        else:   # as StableDiffusionPipeline with that scheduler: its config reading and its init_noise_sigma
+            schedule = sampler_schedule(pipe, sampler)
+            x = x * k_start_scale(schedule, sampler, steps, karras)
+            z = sampling.sample(sampler, model, x, schedule, steps, eta=eta, karras=karras, callback=callback,
+                                noise_fn=noise_fn)
         images = decode_latents(pipe, z)
     return (images, z) if return_latents else images
